@@ -1,0 +1,96 @@
+"""`anomflow run METHOD ...` and `anomflow demo`: set up a run, call the method's flow, print a summary."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from flows.cli.summary import print_summary
+
+DEFAULT_STORE = os.environ.get("ANOMFLOW_STORE", str(Path.home() / ".cache" / "anomflow" / "store"))
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+
+
+def fail_usage(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(EXIT_USAGE)
+
+
+def execute(method: str, dataset: str, root: str, categories: list[str] | None, store: str, out: str,
+            overrides: list[str], models_dir: str | None, save_maps: str | None, random_weights: bool,
+            allow_tiny: bool, batch_size: int | None, device: str, progress: bool) -> dict[str, Any]:
+    """Validate everything a user can get wrong before any work starts, then run the flow."""
+    from flows.methods import method_table
+    from tasks.config import ConfigError, apply_overrides
+    from tasks.datasets.records import DatasetError
+    from tasks.engine.context import RunContext
+    from tasks.engine.run_state import DatasetSpec
+    from tasks.models.registry import default_models_dir
+    from tasks.models.resolve import resolve_models
+    from tasks.models.weights import WeightsMissingError
+
+    table = method_table()
+    if method not in table:
+        fail_usage(f"unknown method {method!r}; available: {', '.join(sorted(table))}")
+    config_cls, flow_fn = table[method]
+    models_dir = str(models_dir or default_models_dir())
+    try:
+        config = apply_overrides(config_cls(), overrides)
+        if batch_size:
+            config = config.model_copy(update={"batch_size": batch_size})
+        config, notes = resolve_models(config, models_dir, allow_tiny, random_weights)
+    except (ConfigError, KeyError) as exc:
+        fail_usage(str(exc).strip("'\""))
+    for note in notes:
+        typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
+    ctx = RunContext(store_url=store, models_dir=models_dir, dataset_root=os.path.abspath(root),
+                     random_weights=random_weights, device=device, batch_size=config.batch_size, progress=progress)
+    spec = DatasetSpec(dataset, os.path.abspath(root), tuple(categories) if categories else None)
+    try:
+        return flow_fn(config=config, ctx=ctx, dataset=spec, out_dir=out, save_maps_dir=save_maps)
+    except (DatasetError, WeightsMissingError) as exc:
+        fail_usage(str(exc))
+
+
+def run(
+    method: str = typer.Argument(..., help="method to run: saa"),
+    dataset: str = typer.Option(..., "--dataset", help="mvtec | visa | folder"),
+    root: str = typer.Option(..., "--root", help="dataset root folder"),
+    category: Optional[list[str]] = typer.Option(None, "--category", help="restrict to these categories (repeat)"),
+    store: str = typer.Option(DEFAULT_STORE, "--store", help="Zarr store: a local path or any fsspec URL"),
+    out: str = typer.Option("anomflow-out", "--out", help="folder for report.json and report.html"),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help="config override key=value (repeat)"),
+    models_dir: Optional[str] = typer.Option(None, "--models-dir", help="weights folder [$ANOMFLOW_MODELS_DIR]"),
+    save_maps: Optional[str] = typer.Option(None, "--save-maps", help="write float32 TIFF maps here"),
+    random_weights: bool = typer.Option(False, "--random-weights", help="official architectures, seeded random weights (benchmarks)"),
+    allow_tiny: bool = typer.Option(False, "--allow-tiny", help="use tiny-* stand-ins for absent official weights"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="images per model batch"),
+    device: str = typer.Option("cpu", "--device", help="torch device, e.g. cuda"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bars on long stages"),
+) -> None:
+    """Run METHOD on a dataset; writes report.json/html to --out. Exit 0 ok, 3 some items failed, 2 usage."""
+    outcome = execute(method, dataset, root, category, store, out, overrides or [], models_dir, save_maps,
+                      random_weights, allow_tiny, batch_size, device, progress and sys.stderr.isatty())
+    print_summary(outcome["report_data"], outcome["report"])
+    raise typer.Exit(outcome["exit_code"])
+
+
+def demo(
+    out: str = typer.Option("demo-out", "--out", help="folder for the synthetic data, the store and the report"),
+    models_dir: Optional[str] = typer.Option(None, "--models-dir", help="weights folder [$ANOMFLOW_MODELS_DIR]"),
+    images: int = typer.Option(8, "--images", help="test images per category"),
+) -> None:
+    """Synthesise a small MVTec-layout dataset, run SAA on it (official weights if present, else tiny), summarise."""
+    from tasks.datasets.synth import write_synthetic_mvtec
+
+    data = os.path.join(out, "data")
+    if not os.path.isdir(data):
+        write_synthetic_mvtec(data, categories=3, images=images, seed=0)
+    outcome = execute("saa", "mvtec", data, None, os.path.join(out, "store"), os.path.join(out, "report"), [],
+                      models_dir, os.path.join(out, "maps"), False, True, None, "cpu", sys.stderr.isatty())
+    print_summary(outcome["report_data"], outcome["report"])
+    raise typer.Exit(outcome["exit_code"])

@@ -1,0 +1,11 @@
+"""The methods the CLI can run: name -> (config model, flow). Explicit, no import side effects."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+
+def method_table() -> dict[str, tuple[type, Callable[..., Any]]]:
+    from flows.saa import saa_flow
+    from tasks.saa.config import SAAConfig
+
+    return {"saa": (SAAConfig, saa_flow)}

@@ -1,0 +1,40 @@
+"""SAA flow: wiring only. Stages live in tasks/saa/stages.py; METHODS.md §2 is the spec."""
+from __future__ import annotations
+
+from prefect import flow
+
+from tasks.engine.context import RunContext
+from tasks.engine.run_state import DatasetSpec, start_run
+from tasks.report.finish import finish_run
+from tasks.saa import stages
+from tasks.saa.config import SAAConfig
+from tasks.saa.regions import BoxFilter
+
+
+@flow(name="saa", persist_result=False)
+def saa_flow(config: SAAConfig, ctx: RunContext, dataset: DatasetSpec, out_dir: str,
+             save_maps_dir: str | None = None) -> dict:
+    uses_sam = config.refiner == "sam"
+    uses_gdino = config.region_generator == "grounding_dino"
+    model_names = [config.models.sam] * uses_sam + [config.models.detector] * uses_gdino
+    run = start_run(ctx, "saa", config.model_dump(mode="json"), dataset, model_names)
+
+    embeddings = None
+    if uses_sam:
+        embeddings = stages.image_embedding(ctx, run.alive, config.models.sam, config.sam_color_order)
+        run.absorb(ctx, embeddings)
+    if uses_gdino:
+        detections = stages.grounding_detections(ctx, run.alive, config.models.detector, config.defect_prompts)
+        run.absorb(ctx, detections)
+        rule = BoxFilter(config.box_threshold, config.text_threshold, config.max_box_area, 0.0, config.filter_word)
+        boxes = stages.defect_boxes(ctx, run.alive, detections.ref, config.models.detector,
+                                    config.defect_prompts, rule)
+    else:
+        boxes = stages.oracle_defect_boxes(ctx, run.alive)
+    run.absorb(ctx, boxes)
+    masks = stages.defect_masks(ctx, run.alive, boxes.ref, embeddings.ref if embeddings else None,
+                                config.refiner, config.models.sam)
+    run.absorb(ctx, masks)
+    maps = stages.anomaly_map(ctx, run.alive, masks.ref, config.fusion, config.top_k, config.eval_resolution)
+    run.absorb(ctx, maps)
+    return finish_run(ctx, run, maps.ref, config.eval_resolution, config.normalise, out_dir, save_maps_dir)

@@ -1,0 +1,1 @@
+"""Stages of anomflow: pure compute functions, model adapters, datasets, metrics and reports."""

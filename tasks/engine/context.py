@@ -1,0 +1,55 @@
+"""What every stage task needs besides its own parameters: where things are and how to run."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from stores import ArtifactStore
+from tasks.datasets.records import ImageRecord
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """An image of the run: image_id is the sha256 of its file bytes (its cache address)."""
+
+    image_id: str
+    record: ImageRecord
+
+
+@dataclass(frozen=True)
+class RunContext:
+    store_url: str
+    models_dir: str
+    dataset_root: str | None = None
+    random_weights: bool = False
+    device: str = "cpu"
+    batch_size: int = 4
+    progress: bool = True
+
+    @cached_property
+    def store(self) -> ArtifactStore:
+        return ArtifactStore(self.store_url)
+
+
+@dataclass
+class FailureTracker:
+    """Images still in the run, and why the others dropped out (path -> reason, first failure wins)."""
+
+    alive: list[ImageItem]
+    failures: dict[str, str] = field(default_factory=dict)
+
+    def drop(self, failed_ids: dict[str, str]) -> list[ImageItem]:
+        if failed_ids:
+            for item in self.alive:
+                if item.image_id in failed_ids:
+                    self.failures.setdefault(item.record.path, failed_ids[item.image_id])
+            self.alive = [i for i in self.alive if i.image_id not in failed_ids]
+        return self.alive
+
+
+def inside_root(path: str, root: str | None) -> bool:
+    if root is None:
+        return True
+    real, base = os.path.realpath(path), os.path.realpath(root)
+    return real == base or real.startswith(base.rstrip(os.sep) + os.sep)

@@ -1,0 +1,47 @@
+"""End of every method's flow: evaluate each category, write report.json and report.html, close the run."""
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from dataclasses import asdict
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from stores import ArtifactRef
+from tasks.engine.context import RunContext
+from tasks.engine.run_state import RunState
+from tasks.report.evaluate import CategoryResult, evaluate_category
+from tasks.report.report_html import render_html
+from tasks.report.report_json import build_report, write_json_atomic
+
+
+@task(cache_policy=NO_CACHE, persist_result=False)
+def write_reports(out_dir: str, report: dict, categories: list[CategoryResult]) -> str:
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "report.json")
+    write_json_atomic(path, report)
+    html_path = os.path.join(out_dir, "report.html")
+    with open(html_path + ".tmp", "w", encoding="utf-8") as fh:
+        fh.write(render_html(report, categories))
+    os.replace(html_path + ".tmp", html_path)
+    return path
+
+
+def finish_run(ctx: RunContext, state: RunState, maps: ArtifactRef, resolution: int, normalise: str,
+               out_dir: str, save_maps_dir: str | None) -> dict[str, Any]:
+    """Evaluate per category (ground truth where it exists), write the reports, mark the run complete."""
+    by_category = defaultdict(list)
+    for item in state.alive:
+        by_category[item.record.category].append(item)
+    categories = [evaluate_category(ctx, cat, items, maps, resolution, normalise, save_maps_dir)
+                  for cat, items in sorted(by_category.items())]
+    dataset = {**asdict(state.dataset), "images": len(state.records),
+               "categories": sorted({r.category for r in state.records})}
+    report = build_report(state.method, state.config, state.models, dataset, categories, state.tracker.failures,
+                          state.stages, time.perf_counter() - state.started, state.run_id)
+    path = write_reports(out_dir, report, categories)
+    state.record(ctx, "complete")
+    return {"report": path, "report_data": report, "exit_code": 3 if report["failures"] else 0}

@@ -1,0 +1,59 @@
+"""report.json: the stable, documented record of one run (schema in README, "report.json")."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from tasks import metrics as metrics_mod
+from tasks.engine.runner import StageStats
+from tasks.report.evaluate import CategoryResult
+
+SCHEMA_VERSION = 1
+METRIC_KEYS = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro", "image_auroc", "image_ap", "image_f1_max")
+TINY_WARNING = ("made with tiny-* seeded random-weight stand-ins or --random-weights: "
+                "maps and metrics say nothing about the method")
+
+
+def build_report(method: str, config: dict, models: list[dict], dataset: dict, categories: list[CategoryResult],
+                 failures: dict[str, str], stages: list[StageStats], wall_seconds: float, run_id: str) -> dict:
+    per_cat = {c.category: c.metrics for c in categories if c.metrics is not None}
+    metrics: dict[str, Any] = {k: {m: v.get(m) for m in METRIC_KEYS} for k, v in per_cat.items()}
+    if per_cat:
+        metrics["mean"] = {m: metrics_mod.mean_metrics(per_cat).get(m) for m in METRIC_KEYS}
+    all_failures = dict(failures)
+    for c in categories:
+        all_failures.update(c.failures)
+    stand_in = any(m.get("tiny") or m.get("random_weights") for m in models)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "method": method,
+        "config": config,
+        "models": models,
+        "stand_in_models": stand_in,
+        "warning": TINY_WARNING if stand_in else None,
+        "dataset": dataset,
+        "metrics": metrics,
+        "images": [img for c in categories for img in c.images],
+        "failures": [{"path": p, "reason": r} for p, r in sorted(all_failures.items())],
+        "stages": [{"name": s.name, "computed": s.computed, "reused": s.reused, "failed": s.failed,
+                    "seconds": round(s.seconds, 3)} for s in stages],
+        "wall_seconds": round(wall_seconds, 3),
+    }
+
+
+def write_json_atomic(path: str, payload: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(payload, fh, indent=2, allow_nan=False, default=_jsonable)
+    os.replace(tmp, path)
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

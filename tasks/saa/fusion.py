@@ -1,0 +1,45 @@
+"""From scored region masks to an anomaly map, and from maps to normalised maps and image scores."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def top_k(scores: np.ndarray, k: int | None) -> np.ndarray:
+    """Indices of the k largest scores (all when k is None or larger than N), as the official argsort."""
+    order = np.argsort(scores, kind="stable")
+    return order if k is None else order[-k:]
+
+
+def fuse_masks(masks: np.ndarray, scores: np.ndarray, mode: str = "official") -> np.ndarray:
+    """masks N x H x W bool, scores N -> H x W float32 anomaly map.
+
+    official: sum_i m_i s_i / (1 + sum_i m_i)   (the weight map starts at ones, as the released code)
+    mean:     sum_i m_i s_i / sum_i m_i where covered, 0 elsewhere   (paper Eq. 9)
+    """
+    m = masks.astype(np.float32)
+    weighted = np.tensordot(scores.astype(np.float32), m, axes=1) if len(m) else np.zeros(masks.shape[1:], np.float32)
+    count = m.sum(axis=0) if len(m) else np.zeros(masks.shape[1:], np.float32)
+    if mode == "official":
+        return (weighted / (1.0 + count)).astype(np.float32)
+    if mode == "mean":
+        return np.divide(weighted, count, out=np.zeros_like(weighted), where=count > 0).astype(np.float32)
+    raise ValueError(f"unknown fusion mode {mode!r}; use 'official' or 'mean'")
+
+
+def resize_map(anomaly_map: np.ndarray, size: int) -> np.ndarray:
+    """H x W float32 -> size x size float32, bilinear (cv2.resize, as the official evaluation)."""
+    return cv2.resize(anomaly_map.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+def minmax_normalise(maps: np.ndarray) -> np.ndarray:
+    """N x H x W -> the same scaled by the global min and max of the set (a constant set -> zeros)."""
+    lo, hi = float(maps.min()), float(maps.max())
+    if hi <= lo:
+        return np.zeros_like(maps, dtype=np.float32)
+    return ((maps - lo) / (hi - lo)).astype(np.float32)
+
+
+def image_scores(maps: np.ndarray) -> np.ndarray:
+    """N x H x W -> N, the maximum of each map."""
+    return maps.reshape(len(maps), -1).max(axis=1).astype(np.float32) if len(maps) else np.zeros(0, np.float32)

@@ -1,0 +1,180 @@
+"""SAA stages as Prefect tasks: each reads its inputs from the store, computes what is missing, commits.
+
+Artifacts (all per image unless noted):
+  image_embedding       embedding C x h x w float32                      meta: height, width
+  grounding_detections  per (image, caption): boxes Q x 4 cxcywh, logits Q x T, token_ids T
+  defect_boxes          boxes N x 4 xyxy px, scores N, caption N       meta: height, width, phrases
+  defect_masks          masks N x H x W bool, scores N
+  anomaly_map           map R x R float32 (R = eval_resolution)
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from stores import ArtifactRef, ItemData, item_key
+from tasks.datasets.image_io import read_image, read_mask
+from tasks.engine.context import ImageItem, RunContext
+from tasks.engine.runner import StageDef, StageResult, WorkItem, run_stage
+from tasks.models.grounding_dino import normalize_caption
+from tasks.models.loading import load_grounding_dino, load_sam, model_identity
+from tasks.saa import fusion, regions
+
+stage_task = task(cache_policy=NO_CACHE, persist_result=False)
+
+
+def _per_image(images: list[ImageItem]) -> list[WorkItem]:
+    return [WorkItem(i.image_id, i.image_id, i) for i in images]
+
+
+def _identity(ctx: RunContext, name: str) -> dict:
+    return model_identity(name, ctx.models_dir, ctx.random_weights).as_dict()
+
+
+@stage_task
+def image_embedding(ctx: RunContext, images: list[ImageItem], sam_name: str, color_order: str) -> StageResult:
+    """SAM's expensive ``set_image`` half, once per image; every prompt pass reuses it."""
+    stage = StageDef("image_embedding", 1, {"color_order": color_order}, (_identity(ctx, sam_name),))
+
+    def compute(batch: list[WorkItem]) -> list[ItemData]:
+        pixels = [read_image(w.payload.record.path, ctx.dataset_root) for w in batch]
+        fed = [p[..., ::-1].copy() if color_order == "bgr" else p for p in pixels]
+        sam = load_sam(sam_name, ctx.models_dir, ctx.random_weights, ctx.device)
+        embeddings = sam.embed(fed)
+        return [ItemData({"embedding": e}, {"height": p.shape[0], "width": p.shape[1]})
+                for e, p in zip(embeddings, pixels)]
+
+    return run_stage(ctx.store, stage, _per_image(images), compute, ctx.batch_size, ctx.progress)
+
+
+def detection_item(image_id: str, caption: str) -> str:
+    return item_key(image_id, normalize_caption(caption))
+
+
+@stage_task
+def grounding_detections(ctx: RunContext, images: list[ImageItem], detector: str, captions: list[str]) -> StageResult:
+    """Raw GroundingDINO queries per (image, caption): adding a caption runs the detector for it alone."""
+    stage = StageDef("grounding_detections", 1, {}, (_identity(ctx, detector),))
+    work = [WorkItem(detection_item(i.image_id, c), i.image_id, (i, normalize_caption(c)))
+            for i in images for c in captions]
+
+    def compute(batch: list[WorkItem]) -> list[ItemData]:
+        model = load_grounding_dino(detector, ctx.models_dir, ctx.random_weights, ctx.device)
+        by_caption: dict[str, list[int]] = defaultdict(list)
+        for n, w in enumerate(batch):
+            by_caption[w.payload[1]].append(n)
+        out: list[ItemData | None] = [None] * len(batch)
+        for caption, idx in by_caption.items():
+            pixels = [read_image(batch[n].payload[0].record.path, ctx.dataset_root) for n in idx]
+            for n, p, det in zip(idx, pixels, model.detect(pixels, caption)):
+                out[n] = ItemData({"boxes": det.boxes_cxcywh, "logits": det.token_logits, "token_ids": det.token_ids},
+                                  {"height": p.shape[0], "width": p.shape[1], "caption": caption})
+        return out
+
+    return run_stage(ctx.store, stage, work, compute, ctx.batch_size, ctx.progress)
+
+
+@stage_task
+def defect_boxes(ctx: RunContext, images: list[ImageItem], detections: ArtifactRef, detector: str,
+                 captions: list[str], rule: regions.BoxFilter) -> StageResult:
+    """Filter each caption's queries by score, area and phrase, then pool the captions (cheap, no model)."""
+    params = {"captions": [normalize_caption(c) for c in captions], **rule.__dict__}
+    stage = StageDef("defect_boxes", 1, params, upstream=(detections,))
+    view = ctx.store.open(detections)
+
+    def compute(batch: list[WorkItem]) -> list[ItemData]:
+        phrase_fn = None
+        if rule.filter_word:
+            phrase_fn = load_grounding_dino(detector, ctx.models_dir, ctx.random_weights, ctx.device).phrase
+        results = []
+        for w in batch:
+            dets = [view.read(detection_item(w.image, c)) for c in params["captions"]]
+            hw = (dets[0].meta["height"], dets[0].meta["width"])
+            per_caption = [regions.filter_queries(d.arrays["boxes"], d.arrays["logits"], d.arrays["token_ids"],
+                                                  hw, rule, phrase_fn) for d in dets]
+            boxes, scores, which, phrases = regions.pool_captions(per_caption)
+            results.append(ItemData({"boxes": boxes, "scores": scores, "caption": which},
+                                    {"height": hw[0], "width": hw[1], "phrases": phrases}))
+        return results
+
+    return run_stage(ctx.store, stage, _per_image(images), compute, ctx.batch_size, ctx.progress)
+
+
+@stage_task
+def oracle_defect_boxes(ctx: RunContext, images: list[ImageItem]) -> StageResult:
+    """Swappable region generator: one box per ground-truth component (tests check downstream logic)."""
+    stage = StageDef("defect_boxes", 1, {"generator": "oracle"})
+
+    def compute(batch: list[WorkItem]) -> list[ItemData]:
+        results = []
+        for w in batch:
+            rec = w.payload.record
+            hw = read_image(rec.path, ctx.dataset_root).shape[:2]
+            mask = read_mask(rec.mask_path, hw) if rec.mask_path else np.zeros(hw, bool)
+            boxes, scores = regions.oracle_boxes(mask)
+            results.append(ItemData({"boxes": boxes, "scores": scores, "caption": np.zeros(len(boxes), np.int32)},
+                                    {"height": hw[0], "width": hw[1], "phrases": ["ground truth"] * len(boxes)}))
+        return results
+
+    return run_stage(ctx.store, stage, _per_image(images), compute, ctx.batch_size, ctx.progress)
+
+
+@stage_task
+def defect_masks(ctx: RunContext, images: list[ImageItem], boxes: ArtifactRef, embeddings: ArtifactRef | None,
+                 refiner: str, sam_name: str) -> StageResult:
+    """Refine each box into a mask (SAM, one mask per box; or the filled box for the oracle refiner).
+
+    No surviving box -> one all-zero mask with score 0, as the official code.
+    """
+    models = (_identity(ctx, sam_name),) if refiner == "sam" else ()
+    upstream = (boxes, embeddings) if refiner == "sam" else (boxes,)
+    stage = StageDef("defect_masks", 1, {"refiner": refiner, "multimask": False}, models, upstream)
+    box_view = ctx.store.open(boxes)
+    emb_view = ctx.store.open(embeddings) if refiner == "sam" else None
+
+    def compute(batch: list[WorkItem]) -> list[ItemData]:
+        results = []
+        for w in batch:
+            b = box_view.read(w.image)
+            hw = (b.meta["height"], b.meta["width"])
+            masks = _refine(b.arrays["boxes"], hw, w.image, emb_view, refiner, sam_name, ctx)
+            scores = b.arrays["scores"]
+            if len(masks) == 0:
+                masks, scores = np.zeros((1, *hw), bool), np.zeros(1, np.float32)
+            results.append(ItemData({"masks": masks, "scores": scores.astype(np.float32)}))
+        return results
+
+    return run_stage(ctx.store, stage, _per_image(images), compute, ctx.batch_size, ctx.progress)
+
+
+def _refine(boxes: np.ndarray, hw: tuple[int, int], image_id: str, emb_view, refiner: str, sam_name: str,
+            ctx: RunContext) -> np.ndarray:
+    if refiner == "oracle" or len(boxes) == 0:
+        return regions.box_masks(boxes, hw)
+    embedding = emb_view.read(image_id).arrays["embedding"]
+    sam = load_sam(sam_name, ctx.models_dir, ctx.random_weights, ctx.device)
+    masks, _ = sam.predict(embedding, hw, boxes=boxes, multimask=False)
+    return masks[:, 0]
+
+
+@stage_task
+def anomaly_map(ctx: RunContext, images: list[ImageItem], masks: ArtifactRef, fusion_mode: str,
+                k: int | None, resolution: int) -> StageResult:
+    """Fuse the (top-k) scored masks into one map and resize it to the evaluation resolution."""
+    stage = StageDef("anomaly_map", 1, {"fusion": fusion_mode, "top_k": k, "resolution": resolution},
+                     upstream=(masks,))
+    view = ctx.store.open(masks)
+
+    def compute(batch: list[WorkItem]) -> list[ItemData]:
+        results = []
+        for w in batch:
+            m = view.read(w.image)
+            keep = fusion.top_k(m.arrays["scores"], k)
+            fused = fusion.fuse_masks(m.arrays["masks"][keep], m.arrays["scores"][keep], fusion_mode)
+            results.append(ItemData({"map": fusion.resize_map(fused, resolution)}))
+        return results
+
+    return run_stage(ctx.store, stage, _per_image(images), compute, ctx.batch_size, ctx.progress)
