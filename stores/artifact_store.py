@@ -69,7 +69,17 @@ class ArtifactStore:
             self.zstore = LocalStore(self.root)
         else:
             self.zstore = FsspecStore.from_url(self.url, storage_options=storage_options)
-        zarr.open_group(self.zstore, mode="a", attributes={"anomflow_store": 1})
+        self._ensure_group("", {"anomflow_store": 1})
+
+    def _ensure_group(self, path: str, attrs: dict[str, Any]) -> None:
+        """Create a group unless it exists; losing the creation race to another run is fine."""
+        try:
+            zarr.open_group(self.zstore, path=path, mode="r")
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+            try:
+                zarr.open_group(self.zstore, path=path, mode="w-", attributes=attrs)
+            except (zarr.errors.ContainsGroupError, FileExistsError):
+                pass
 
     # ---------------------------------------------------------------- artifacts
     def ref(self, stage: str, key: str) -> ArtifactRef:
@@ -77,12 +87,8 @@ class ArtifactStore:
 
     def ensure_artifact(self, stage: str, key: str, record: dict[str, Any]) -> ArtifactRef:
         """Create the artifact group with its metadata if missing (idempotent; the key fixes the content)."""
-        path = f"{stage}/{key}"
-        try:
-            zarr.open_group(self.zstore, path=path, mode="r")
-        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-            attrs = dict(record, stage=stage, key=key, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-            zarr.open_group(self.zstore, path=path, mode="a", attributes=attrs)
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self._ensure_group(f"{stage}/{key}", dict(record, stage=stage, key=key, created=created))
         return self.ref(stage, key)
 
     def artifact_record(self, stage: str, key: str) -> dict[str, Any]:
