@@ -1,0 +1,41 @@
+"""Shared fixtures. Prefect runs against a throw-away home, quietly, with no telemetry and no network."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+_PREFECT_HOME = tempfile.mkdtemp(prefix="anomflow-prefect-")
+os.environ.setdefault("PREFECT_HOME", _PREFECT_HOME)
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+from tasks.datasets.synth import write_synthetic_mvtec  # noqa: E402
+from tasks.models import calls  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> str:
+    """A small synthetic MVTec-layout dataset shared (read-only) by the flow tests."""
+    root = tmp_path_factory.mktemp("synth") / "data"
+    write_synthetic_mvtec(str(root), categories=2, images=4, seed=0, size=96)
+    return str(root)
+
+
+@pytest.fixture
+def models_dir(tmp_path) -> str:
+    """An empty models directory: official weights are absent, as in CI."""
+    path = tmp_path / "models"
+    path.mkdir()
+    return str(path)
+
+
+@pytest.fixture
+def counters():
+    calls.reset_counters()
+    yield calls
+    calls.reset_counters()

@@ -1,0 +1,118 @@
+"""The SAA flow end to end on synthetic data: caching rules, counted model calls, reports, saved maps."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import tifffile
+
+from tests.flow_helpers import run_saa, stage_counts
+
+ALL_STAGES = ["image_embedding", "grounding_detections", "defect_boxes", "defect_masks", "anomaly_map"]
+
+
+def test_second_identical_run_makes_zero_model_calls(synth_root, models_dir, tmp_path, counters):
+    store = str(tmp_path / "store")
+    code, first, _ = run_saa(synth_root, store, str(tmp_path / "o1"), models_dir)
+    assert code == 0 and first["failures"] == []
+    assert counters.MODEL_CALLS["tiny-sam"] > 0 and counters.MODEL_CALLS["tiny-gdino"] > 0
+    n = len(first["images"])
+    assert stage_counts(first)["image_embedding"] == (n, 0)
+    counters.reset_counters()
+    code, second, _ = run_saa(synth_root, store, str(tmp_path / "o2"), models_dir)
+    assert code == 0
+    assert counters.total_calls() == 0 and sum(counters.MODEL_LOADS.values()) == 0
+    assert all(stage_counts(second)[s] == (0, n) for s in ALL_STAGES)
+    assert [i["score"] for i in second["images"]] == [i["score"] for i in first["images"]]
+    assert second["metrics"] == first["metrics"]
+
+
+def test_late_parameter_recomputes_only_the_map(synth_root, models_dir, tmp_path, counters):
+    store = str(tmp_path / "store")
+    run_saa(synth_root, store, str(tmp_path / "o1"), models_dir)
+    counters.reset_counters()
+    code, report, _ = run_saa(synth_root, store, str(tmp_path / "o2"), models_dir, "--set", "fusion=mean")
+    assert code == 0 and counters.total_calls() == 0
+    n = len(report["images"])
+    counts = stage_counts(report)
+    assert counts["anomaly_map"] == (n, 0)
+    assert all(counts[s] == (0, n) for s in ALL_STAGES[:-1])
+
+
+def test_box_threshold_change_reuses_detector_and_embeddings(synth_root, models_dir, tmp_path, counters):
+    store = str(tmp_path / "store")
+    run_saa(synth_root, store, str(tmp_path / "o1"), models_dir)
+    counters.reset_counters()
+    _, report, _ = run_saa(synth_root, store, str(tmp_path / "o2"), models_dir, "--set", "box_threshold=0.3")
+    counts, n = stage_counts(report), len(report["images"])
+    assert counts["grounding_detections"] == (0, n) and counts["image_embedding"] == (0, n)
+    assert counts["defect_boxes"] == (n, 0) and counts["defect_masks"] == (n, 0)
+    assert counters.MODEL_CALLS["tiny-gdino"] == 0
+
+
+def test_added_images_are_the_only_ones_computed(tmp_path, models_dir, counters):
+    folder = tmp_path / "line" / "parts"
+    folder.mkdir(parents=True)
+    from tasks.datasets.synth import write_synthetic_mvtec
+
+    write_synthetic_mvtec(str(tmp_path / "src"), categories=1, images=6, seed=3, size=96)
+    sources = sorted((tmp_path / "src").rglob("test/*/*.png"))
+    for src in sources[:3]:
+        shutil.copy(src, folder / f"{src.parent.name}_{src.name}")
+    store = str(tmp_path / "store")
+    code, first, _ = run_saa(str(tmp_path / "line"), store, str(tmp_path / "o1"), models_dir, dataset="folder")
+    assert code == 0 and len(first["images"]) == 3 and first["metrics"] == {}
+    for src in sources[3:5]:
+        shutil.copy(src, folder / f"{src.parent.name}_{src.name}")
+    _, second, _ = run_saa(str(tmp_path / "line"), store, str(tmp_path / "o2"), models_dir, dataset="folder")
+    assert len(second["images"]) == 5
+    assert all(stage_counts(second)[s] == (2, 3) for s in ALL_STAGES)
+
+
+def test_swapping_sam_checkpoint_reuses_grounding_boxes(tmp_path, models_dir, counters):
+    from tasks.datasets.synth import write_synthetic_mvtec
+
+    write_synthetic_mvtec(str(tmp_path / "d"), categories=1, images=2, seed=1, size=64)
+    store = str(tmp_path / "store")
+    tiny_detector = ("--set", "models.detector=tiny-gdino")
+    run_saa(str(tmp_path / "d"), store, str(tmp_path / "o1"), models_dir, "--set", "models.sam=tiny-sam", *tiny_detector)
+    counters.reset_counters()
+    code, report, _ = run_saa(str(tmp_path / "d"), store, str(tmp_path / "o2"), models_dir,
+                              "--set", "models.sam=sam-vit-b", *tiny_detector, "--random-weights")
+    counts, n = stage_counts(report), len(report["images"])
+    assert code == 0
+    assert counts["grounding_detections"] == (0, n) and counts["defect_boxes"] == (0, n)
+    assert counts["image_embedding"] == (n, 0) and counts["defect_masks"] == (n, 0)
+    assert counts["anomaly_map"] == (n, 0)
+    assert counters.MODEL_CALLS["sam-vit-b"] > 0 and counters.MODEL_CALLS["tiny-gdino"] == 0
+    assert {m["name"] for m in report["models"]} == {"sam-vit-b", "tiny-gdino"}
+    assert report["warning"] and all(m["random_weights"] for m in report["models"])
+    assert next(m for m in report["models"] if m["name"] == "sam-vit-b")["tiny"] is False
+
+
+def test_save_maps_writes_float32_tiffs_in_the_mvtec_layout(synth_root, models_dir, tmp_path):
+    maps = tmp_path / "maps"
+    code, report, _ = run_saa(synth_root, str(tmp_path / "store"), str(tmp_path / "o"), models_dir,
+                              "--save-maps", str(maps), "--set", "eval_resolution=64")
+    assert code == 0
+    saved = sorted(p.relative_to(maps).as_posix() for p in maps.rglob("*.tiff"))
+    expected = sorted(os.path.relpath(i["path"], synth_root).rsplit(".", 1)[0] + ".tiff" for i in report["images"])
+    assert saved == expected
+    arr = tifffile.imread(maps / saved[0])
+    assert arr.dtype == np.float32 and arr.shape == (64, 64)
+
+
+def test_report_schema_and_html(synth_root, models_dir, tmp_path):
+    code, report, _ = run_saa(synth_root, str(tmp_path / "store"), str(tmp_path / "o"), models_dir)
+    assert code == 0
+    for key in ("method", "config", "models", "dataset", "metrics", "images", "failures", "stages", "wall_seconds"):
+        assert key in report
+    assert report["method"] == "saa" and report["config"]["defect_prompts"] == ["defect"]
+    assert set(report["metrics"]) == {"synth_texture", "synth_object", "mean"}
+    assert set(report["metrics"]["mean"]) == {"pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro",
+                                              "image_auroc", "image_ap", "image_f1_max"}
+    assert all(set(m) >= {"name", "weights_sha256", "tiny"} for m in report["models"])
+    assert all(set(i) == {"id", "path", "category", "label", "score"} for i in report["images"])
+    html = open(tmp_path / "o" / "report.html").read()
+    assert "Stand-in models" in html and "data:image/png;base64" in html and "image_embedding" in html
