@@ -103,6 +103,7 @@ class SamAdapter:
         self.identity = identity
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        self.prompt_chunk = 32  # prompts per decoder forward: bounds memory (each repeats the embedding)
         self.image_size: int = spec.arch["image_size"]
         self.transform = ResizeLongestSide(self.image_size)
         self._mean = torch.tensor(spec.preprocess.mean, dtype=torch.float32).view(3, 1, 1)
@@ -169,7 +170,8 @@ class SamAdapter:
         each; points P x 2 xy (labels P, 1 = positive, default all 1) are shared by every box prompt, or form a single
         prompt when there are no boxes. Returns masks N x K x H x W bool (logits > 0, upscaled to original_size like
         SamPredictor.postprocess_masks) and iou predictions N x K float32, K = 3 if multimask else 1.
-        No prompt -> (0 x K x H x W, 0 x K) without a model call; otherwise ONE decoder forward for all prompts."""
+        No prompt -> (0 x K x H x W, 0 x K) without a model call; otherwise one counted call, decoded in chunks of
+        ``prompt_chunk`` prompts so memory stays bounded when a detector returns hundreds of boxes."""
         k = 3 if multimask else 1
         h, w = int(original_size[0]), int(original_size[1])
         pts, box_t, n = self._prompts((h, w), boxes, points, point_labels)
@@ -178,11 +180,19 @@ class SamAdapter:
         if tuple(embedding.shape) != self.embedding_shape:
             raise ValueError(f"embedding shape {embedding.shape} != {self.embedding_shape}")
         emb = torch.as_tensor(np.asarray(embedding, np.float32), device=self.device)[None]
+        masks = np.zeros((n, k, h, w), bool)
+        ious = np.zeros((n, k), np.float32)
         with torch.inference_mode():
-            sparse, dense = self.model.prompt_encoder(points=pts, boxes=box_t, masks=None)
-            low_res, iou = self.model.mask_decoder(
-                image_embeddings=emb, image_pe=self.model.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask)
-            logits = self.model.postprocess_masks(low_res, self.input_size((h, w)), (h, w))
+            for lo in range(0, n, self.prompt_chunk):
+                hi = min(lo + self.prompt_chunk, n)
+                chunk_pts = None if pts is None else (pts[0][lo:hi], pts[1][lo:hi])
+                chunk_box = None if box_t is None else box_t[lo:hi]
+                sparse, dense = self.model.prompt_encoder(points=chunk_pts, boxes=chunk_box, masks=None)
+                low_res, iou = self.model.mask_decoder(
+                    image_embeddings=emb, image_pe=self.model.prompt_encoder.get_dense_pe(),
+                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask)
+                logits = self.model.postprocess_masks(low_res, self.input_size((h, w)), (h, w))
+                masks[lo:hi] = (logits > self.model.mask_threshold).cpu().numpy()
+                ious[lo:hi] = iou.float().cpu().numpy()
         count_call(self.spec.name)
-        return (logits > self.model.mask_threshold).cpu().numpy(), iou.float().cpu().numpy()
+        return masks, ious

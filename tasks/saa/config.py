@@ -23,6 +23,7 @@ class SAAConfig(StrictModel):
     box_threshold: float = Field(0.1, ge=0.0, le=1.0)
     text_threshold: float = Field(0.1, ge=0.0, le=1.0)
     max_box_area: float = Field(1.0, gt=0.0, le=1.0)   # normalised w*h; vanilla SAA applies none
+    max_boxes_per_caption: int | None = Field(None, ge=1)  # keep the N best per caption; None = all (official)
     filter_word: str = ""                              # drop boxes whose phrase contains it; "" = off
     sam_color_order: Literal["bgr", "rgb"] = "bgr"      # official code feeds SAM the BGR array [QUIRK]
     fusion: Literal["official", "mean"] = "official"    # official: / (1 + sum of masks) [QUIRK]; mean: paper Eq. 9

@@ -12,13 +12,14 @@ from scipy import ndimage
 class BoxFilter:
     """box_threshold: keep a query whose best token score exceeds it; text_threshold: tokens that name
     the phrase; max_area / min_area: bounds on the normalised box area w*h; filter_word: drop a box whose
-    phrase contains it ("" = keep all)."""
+    phrase contains it ("" = keep all); max_boxes: keep only the best N of a caption (None = all)."""
 
     box_threshold: float = 0.1
     text_threshold: float = 0.1
     max_area: float = 1.0
     min_area: float = 0.0
     filter_word: str = ""
+    max_boxes: int | None = None
 
 
 def cxcywh_to_xyxy(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -46,6 +47,9 @@ def filter_queries(boxes_cxcywh: np.ndarray, token_logits: np.ndarray, token_ids
         word = rule.filter_word.lower()
         kept = [k for k, p in enumerate(phrases) if word not in p.lower()]
         idx, phrases = idx[kept], [phrases[k] for k in kept]
+    if rule.max_boxes is not None and len(idx) > rule.max_boxes:
+        best = np.sort(np.argsort(-scores[idx], kind="stable")[:rule.max_boxes])
+        idx, phrases = idx[best], [phrases[k] for k in best]
     boxes = cxcywh_to_xyxy(boxes_cxcywh[idx], *image_hw)
     return boxes, scores[idx].astype(np.float32), phrases
 
