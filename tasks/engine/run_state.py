@@ -15,6 +15,7 @@ from tasks.datasets.records import ImageRecord
 from tasks.engine.context import FailureTracker, ImageItem, RunContext
 from tasks.engine.inputs import prepare_images
 from tasks.engine.runner import StageResult, StageStats
+from tasks.models import calls
 from tasks.models.loading import model_identity
 
 
@@ -38,6 +39,12 @@ class RunState:
     started: float = field(default_factory=time.perf_counter)
     stages: list[StageStats] = field(default_factory=list)
     artifacts: list[ArtifactRef] = field(default_factory=list)
+    load_seconds_before: dict[str, float] = field(default_factory=lambda: dict(calls.LOAD_SECONDS))
+
+    def model_load_seconds(self) -> dict[str, float]:
+        """Seconds spent building models during this run (inside the stage times; none on a warm run)."""
+        return {k: round(v - self.load_seconds_before.get(k, 0.0), 3) for k, v in calls.LOAD_SECONDS.items()
+                if v - self.load_seconds_before.get(k, 0.0) > 0}
 
     @property
     def alive(self) -> list[ImageItem]:

@@ -5,6 +5,7 @@ from collections import Counter
 
 MODEL_CALLS: Counter[str] = Counter()
 MODEL_LOADS: Counter[str] = Counter()
+LOAD_SECONDS: Counter[str] = Counter()
 
 
 def count_call(model_name: str, n: int = 1) -> None:
@@ -15,6 +16,10 @@ def count_load(model_name: str) -> None:
     MODEL_LOADS[model_name] += 1
 
 
+def add_load_seconds(model_name: str, seconds: float) -> None:
+    LOAD_SECONDS[model_name] += seconds
+
+
 def total_calls() -> int:
     return sum(MODEL_CALLS.values())
 
@@ -22,3 +27,4 @@ def total_calls() -> int:
 def reset_counters() -> None:
     MODEL_CALLS.clear()
     MODEL_LOADS.clear()
+    LOAD_SECONDS.clear()

@@ -15,12 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tasks.models import registry
+from tasks.models import calls, registry
 
 if TYPE_CHECKING:  # pragma: no cover
     from tasks.models.grounding_dino import GroundingDinoAdapter
@@ -99,7 +100,9 @@ def _memoised(family: str, name: str, models_dir, random_weights: bool, device: 
     key = _cache_key(family, name, models_dir, random_weights, device)
     with _LOCK:
         if key not in _CACHE:
+            start = time.perf_counter()
             _CACHE[key] = build()
+            calls.add_load_seconds(name, time.perf_counter() - start)
         return _CACHE[key]
 
 

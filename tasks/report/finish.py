@@ -41,7 +41,8 @@ def finish_run(ctx: RunContext, state: RunState, maps: ArtifactRef, resolution: 
     dataset = {**asdict(state.dataset), "images": len(state.records),
                "categories": sorted({r.category for r in state.records})}
     report = build_report(state.method, state.config, state.models, dataset, categories, state.tracker.failures,
-                          state.stages, time.perf_counter() - state.started, state.run_id)
+                          state.stages, time.perf_counter() - state.started, state.run_id,
+                          state.model_load_seconds())
     path = write_reports(out_dir, report, categories)
     state.record(ctx, "complete")
     return {"report": path, "report_data": report, "exit_code": 3 if report["failures"] else 0}

@@ -17,7 +17,8 @@ TINY_WARNING = ("made with tiny-* seeded random-weight stand-ins or --random-wei
 
 
 def build_report(method: str, config: dict, models: list[dict], dataset: dict, categories: list[CategoryResult],
-                 failures: dict[str, str], stages: list[StageStats], wall_seconds: float, run_id: str) -> dict:
+                 failures: dict[str, str], stages: list[StageStats], wall_seconds: float, run_id: str,
+                 model_load_seconds: dict[str, float]) -> dict:
     per_cat = {c.category: c.metrics for c in categories if c.metrics is not None}
     metrics: dict[str, Any] = {k: {m: v.get(m) for m in METRIC_KEYS} for k, v in per_cat.items()}
     if per_cat:
@@ -42,6 +43,7 @@ def build_report(method: str, config: dict, models: list[dict], dataset: dict, c
         "stages": [{"name": s.name, "computed": s.computed, "reused": s.reused, "failed": s.failed,
                     "seconds": round(s.seconds, 3)} for s in stages],
         "wall_seconds": round(wall_seconds, 3),
+        "model_load_seconds": model_load_seconds,
     }
 
 
