@@ -126,9 +126,37 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     )
 }
 
+MODEL_SPECS.update({
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            name="wrn50-2",
+            family="wrn50",
+            arch=dict(depth=50, width_factor=2, layers=(3, 4, 6, 3), feature_layers=(1, 2, 3),
+                      feature_channels=(256, 512, 1024)),
+            # torchvision's IMAGENET1K_V1 file; its name carries the first 8 hex digits of its sha256.
+            files=(WeightFile("wide_resnet50_2-95faca4d.pth", None,
+                              "https://download.pytorch.org/models/wide_resnet50_2-95faca4d.pth", 275909051),),
+            preprocess=Preprocess(256, IMAGENET_MEAN, IMAGENET_STD),
+            source="torchvision ImageNet weights (timm's wide_resnet50_2.tv_in1k)",
+        ),
+        ModelSpec(
+            name="tiny-wrn50",
+            family="wrn50",
+            arch=dict(depth=10, width_factor=1, layers=(1, 1, 1, 1), feature_layers=(1, 2, 3),
+                      feature_channels=(64, 128, 256)),
+            files=(),
+            preprocess=Preprocess(256, IMAGENET_MEAN, IMAGENET_STD),
+            tiny=True,
+            seed=0,
+            source="seeded random weights (test stand-in for wrn50-2)",
+        ),
+    )
+})
+
 # Official model -> its tiny twin, used when weights are absent and a fallback was allowed.
 TINY_TWIN = {"sam-vit-b": "tiny-sam", "sam-vit-l": "tiny-sam", "sam-vit-h": "tiny-sam",
-             "gdino-swint-ogc": "tiny-gdino"}
+             "gdino-swint-ogc": "tiny-gdino", "wrn50-2": "tiny-wrn50"}
 
 
 def get_spec(name: str) -> ModelSpec:
