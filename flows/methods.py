@@ -6,6 +6,8 @@ from typing import Any, Callable
 
 def method_table() -> dict[str, tuple[type, Callable[..., Any]]]:
     from flows.saa import saa_flow
+    from flows.saa_plus import saa_plus_flow
     from tasks.saa.config import SAAConfig
+    from tasks.saa_plus.config import SAAPlusConfig
 
-    return {"saa": (SAAConfig, saa_flow)}
+    return {"saa": (SAAConfig, saa_flow), "saa-plus": (SAAPlusConfig, saa_plus_flow)}

@@ -33,7 +33,7 @@ def saa_flow(config: SAAConfig, ctx: RunContext, dataset: DatasetSpec, out_dir: 
     else:
         boxes = stages.oracle_defect_boxes(ctx, run.alive)
     run.absorb(ctx, boxes)
-    masks = stages.defect_masks(ctx, run.alive, boxes.ref, embeddings.ref if embeddings else None,
+    masks = stages.refine_boxes(ctx, run.alive, boxes.ref, embeddings.ref if embeddings else None,
                                 config.refiner, config.models.sam)
     run.absorb(ctx, masks)
     maps = stages.anomaly_map(ctx, run.alive, masks.ref, config.fusion, config.top_k, config.eval_resolution)

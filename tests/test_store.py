@@ -93,7 +93,7 @@ def test_partial_write_is_never_trusted(tmp_path):
 
 def test_run_killed_mid_write_resumes_without_trusting_partial_data(tmp_path):
     url = str(tmp_path / "s")
-    proc = mp.get_context("fork").Process(target=_square_stage, args=(url, 10, 4))
+    proc = mp.get_context("spawn").Process(target=_square_stage, args=(url, 10, 4))
     proc.start()
     proc.join(60)
     assert proc.exitcode == -signal.SIGKILL
@@ -109,7 +109,7 @@ def test_run_killed_mid_write_resumes_without_trusting_partial_data(tmp_path):
 
 def test_two_concurrent_runs_on_one_store_stay_consistent(tmp_path):
     url = str(tmp_path / "s")
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_square_stage, args=(url, 30)) for _ in range(2)]
     for p in procs:
         p.start()

@@ -8,6 +8,7 @@ import typer
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from flows.cli import run_cmd  # noqa: E402
 from flows.cli.models_cmd import models_app  # noqa: E402
@@ -17,6 +18,7 @@ app = typer.Typer(help="anomflow: zero-shot anomaly segmentation as cached Prefe
                   pretty_exceptions_enable=False)
 app.command("run")(run_cmd.run)
 app.command("demo")(run_cmd.demo)
+app.command("ablate")(run_cmd.ablate)
 app.add_typer(models_app, name="models")
 app.add_typer(store_app, name="store")
 

@@ -22,7 +22,8 @@ def fail_usage(message: str) -> None:
 
 def execute(method: str, dataset: str, root: str, categories: list[str] | None, store: str, out: str,
             overrides: list[str], models_dir: str | None, save_maps: str | None, random_weights: bool,
-            allow_tiny: bool, batch_size: int | None, device: str, progress: bool) -> dict[str, Any]:
+            allow_tiny: bool, batch_size: int | None, device: str, progress: bool,
+            flow_override: Any = None) -> dict[str, Any]:
     """Validate everything a user can get wrong before any work starts, then run the flow."""
     from flows.methods import method_table
     from tasks.config import ConfigError, apply_overrides
@@ -37,6 +38,7 @@ def execute(method: str, dataset: str, root: str, categories: list[str] | None, 
     if method not in table:
         fail_usage(f"unknown method {method!r}; available: {', '.join(sorted(table))}")
     config_cls, flow_fn = table[method]
+    flow_fn = flow_override or flow_fn
     models_dir = str(models_dir or default_models_dir())
     try:
         config = apply_overrides(config_cls(), overrides)
@@ -57,7 +59,7 @@ def execute(method: str, dataset: str, root: str, categories: list[str] | None, 
 
 
 def run(
-    method: str = typer.Argument(..., help="method to run: saa"),
+    method: str = typer.Argument(..., help="method to run: saa | saa-plus"),
     dataset: str = typer.Option(..., "--dataset", help="mvtec | visa | folder"),
     root: str = typer.Option(..., "--root", help="dataset root folder"),
     category: Optional[list[str]] = typer.Option(None, "--category", help="restrict to these categories (repeat)"),
@@ -93,4 +95,40 @@ def demo(
     outcome = execute("saa", "mvtec", data, None, os.path.join(out, "store"), os.path.join(out, "report"), [],
                       models_dir, os.path.join(out, "maps"), False, True, None, "cpu", sys.stderr.isatty())
     print_summary(outcome["report_data"], outcome["report"])
+    raise typer.Exit(outcome["exit_code"])
+
+
+def ablate(
+    method: str = typer.Argument(..., help="method to ablate: saa-plus"),
+    dataset: str = typer.Option(..., "--dataset", help="mvtec | visa | folder"),
+    root: str = typer.Option(..., "--root", help="dataset root folder"),
+    category: Optional[list[str]] = typer.Option(None, "--category", help="restrict to these categories (repeat)"),
+    store: str = typer.Option(DEFAULT_STORE, "--store", help="Zarr store: a local path or any fsspec URL"),
+    out: str = typer.Option("anomflow-out/ablation", "--out", help="folder for ablation.md/json and each variant"),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help="config override key=value (repeat)"),
+    models_dir: Optional[str] = typer.Option(None, "--models-dir", help="weights folder [$ANOMFLOW_MODELS_DIR]"),
+    variant: Optional[list[str]] = typer.Option(None, "--variant", help="run only these variants (repeat)"),
+    random_weights: bool = typer.Option(False, "--random-weights", help="official architectures, random weights"),
+    allow_tiny: bool = typer.Option(False, "--allow-tiny", help="use tiny-* stand-ins for absent official weights"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="images per model batch"),
+    device: str = typer.Option("cpu", "--device", help="torch device, e.g. cuda"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bars on long stages"),
+) -> None:
+    """Run the paper's Table 2 variants (vanilla SAA, SAA+, and SAA+ without each prompt kind) on one cache."""
+    from functools import partial
+
+    from flows.ablate import ablate_saa_plus_flow
+    from tasks.saa_plus.ablation import VARIANTS
+
+    if method != "saa-plus":
+        fail_usage(f"ablate knows saa-plus only, not {method!r}")
+    unknown = sorted(set(variant or []) - set(VARIANTS))
+    if unknown:
+        fail_usage(f"unknown variant {unknown[0]!r}; known: {', '.join(VARIANTS)}")
+    flow_fn = partial(ablate_saa_plus_flow, variants=list(variant or VARIANTS))
+    outcome = execute(method, dataset, root, category, store, out, overrides or [], models_dir, None,
+                      random_weights, allow_tiny, batch_size, device, progress and sys.stderr.isatty(), flow_fn)
+    with open(os.path.join(out, "ablation.md"), encoding="utf-8") as fh:
+        typer.echo(fh.read())
+    typer.echo(f"ablation: {outcome['report']}")
     raise typer.Exit(outcome["exit_code"])

@@ -11,6 +11,8 @@ def _pct(v) -> str:
 def print_summary(report: dict, report_path: str) -> None:
     if report.get("warning"):
         typer.secho(f"NOTE: {report['warning']}", fg=typer.colors.YELLOW)
+    for note in report.get("notes", []):
+        typer.secho(f"note: {note}", fg=typer.colors.YELLOW)
     typer.echo(f"{report['method']}: {len(report['images'])} images scored, {len(report['failures'])} failed, "
                f"{report['wall_seconds']:.1f} s")
     for stage in report["stages"]:

@@ -39,6 +39,7 @@ class RunState:
     started: float = field(default_factory=time.perf_counter)
     stages: list[StageStats] = field(default_factory=list)
     artifacts: list[ArtifactRef] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)   # warnings a reader of the report must see
     load_seconds_before: dict[str, float] = field(default_factory=lambda: dict(calls.LOAD_SECONDS))
 
     def model_load_seconds(self) -> dict[str, float]:
@@ -50,10 +51,15 @@ class RunState:
     def alive(self) -> list[ImageItem]:
         return self.tracker.alive
 
-    def absorb(self, ctx: RunContext, result: StageResult | None) -> list[ImageItem]:
-        """Take a stage's statistics and failures; returns the images still in the run."""
+    def absorb(self, ctx: RunContext, result: StageResult | None,
+               within: list[ImageItem] | None = None) -> list[ImageItem]:
+        """Take a stage's statistics and failures; returns the images still in the run (of ``within``)."""
         if result is None:
             return self.alive
+        if within is not None:
+            self.absorb(ctx, result)
+            alive = {i.image_id for i in self.alive}
+            return [i for i in within if i.image_id in alive]
         merged = next((s for s in self.stages if s.name == result.stats.name), None)
         if merged is None:
             self.stages.append(result.stats)

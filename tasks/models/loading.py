@@ -145,3 +145,22 @@ def clear_model_cache() -> None:
     """Forget every memoised adapter (the next load constructs afresh and counts a load)."""
     with _LOCK:
         _CACHE.clear()
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tasks.models.wrn50 import Wrn50Adapter
+
+
+def load_wrn50(name: str, models_dir: str | Path | None = None, random_weights: bool = False,
+               device: str = "cpu") -> "Wrn50Adapter":
+    """The WideResNet-50-2 feature adapter for ``name``, built once per process (per models_dir / random_weights /
+    device)."""
+    spec = _check_family(name, "wrn50")
+
+    def build():
+        from tasks.models.wrn50 import build_wrn50_adapter
+
+        identity = model_identity(name, models_dir, random_weights)
+        return build_wrn50_adapter(spec, _models_dir(models_dir), identity, device)
+
+    return _memoised("wrn50", name, models_dir, random_weights, device, build)

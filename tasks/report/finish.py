@@ -30,19 +30,23 @@ def write_reports(out_dir: str, report: dict, categories: list[CategoryResult]) 
     return path
 
 
-def finish_run(ctx: RunContext, state: RunState, maps: ArtifactRef, resolution: int, normalise: str,
-               out_dir: str, save_maps_dir: str | None) -> dict[str, Any]:
-    """Evaluate per category (ground truth where it exists), write the reports, mark the run complete."""
+def finish_run(ctx: RunContext, state: RunState, maps: ArtifactRef | dict[str, ArtifactRef], resolution: int,
+               normalise: str, out_dir: str, save_maps_dir: str | None) -> dict[str, Any]:
+    """Evaluate per category (ground truth where it exists), write the reports, mark the run complete.
+
+    maps: one artifact for every category, or one per category (methods whose parameters are per category).
+    """
     by_category = defaultdict(list)
     for item in state.alive:
         by_category[item.record.category].append(item)
-    categories = [evaluate_category(ctx, cat, items, maps, resolution, normalise, save_maps_dir)
+    categories = [evaluate_category(ctx, cat, items, maps[cat] if isinstance(maps, dict) else maps, resolution,
+                                    normalise, save_maps_dir)
                   for cat, items in sorted(by_category.items())]
     dataset = {**asdict(state.dataset), "images": len(state.records),
                "categories": sorted({r.category for r in state.records})}
     report = build_report(state.method, state.config, state.models, dataset, categories, state.tracker.failures,
                           state.stages, time.perf_counter() - state.started, state.run_id,
-                          state.model_load_seconds())
+                          state.model_load_seconds(), state.notes)
     path = write_reports(out_dir, report, categories)
     state.record(ctx, "complete")
     return {"report": path, "report_data": report, "exit_code": 3 if report["failures"] else 0}

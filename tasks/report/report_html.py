@@ -41,6 +41,8 @@ def render_html(report: dict, categories: list[CategoryResult]) -> str:
              f"{report['wall_seconds']:.1f} s</p>"]
     if report.get("warning"):
         parts.append(f"<p class='warn'><b>Stand-in models.</b> {e(report['warning'])}</p>")
+    for note in report.get("notes", []):
+        parts.append(f"<p class='warn'>{e(note)}</p>")
     parts.append("<h2>Models</h2><ul>" + "".join(
         f"<li>{e(m['name'])} <code>{e(str(m['weights_sha256'])[:16])}</code>{' (tiny)' if m.get('tiny') else ''}"
         f"{' (random weights)' if m.get('random_weights') else ''}</li>" for m in report["models"]) + "</ul>")

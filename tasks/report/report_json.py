@@ -18,7 +18,7 @@ TINY_WARNING = ("made with tiny-* seeded random-weight stand-ins or --random-wei
 
 def build_report(method: str, config: dict, models: list[dict], dataset: dict, categories: list[CategoryResult],
                  failures: dict[str, str], stages: list[StageStats], wall_seconds: float, run_id: str,
-                 model_load_seconds: dict[str, float]) -> dict:
+                 model_load_seconds: dict[str, float], notes: list[str] | None = None) -> dict:
     per_cat = {c.category: c.metrics for c in categories if c.metrics is not None}
     metrics: dict[str, Any] = {k: {m: v.get(m) for m in METRIC_KEYS} for k, v in per_cat.items()}
     if per_cat:
@@ -36,6 +36,7 @@ def build_report(method: str, config: dict, models: list[dict], dataset: dict, c
         "models": models,
         "stand_in_models": stand_in,
         "warning": TINY_WARNING if stand_in else None,
+        "notes": list(notes or []),
         "dataset": dataset,
         "metrics": metrics,
         "images": [img for c in categories for img in c.images],

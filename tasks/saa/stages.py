@@ -4,7 +4,7 @@ Artifacts (all per image unless noted):
   image_embedding       embedding C x h x w float32                      meta: height, width
   grounding_detections  per (image, caption): boxes Q x 4 cxcywh, logits Q x T, token_ids T
   defect_boxes          boxes N x 4 xyxy px, scores N, caption N       meta: height, width, phrases
-  defect_masks          masks N x H x W bool, scores N
+  defect_masks          masks N x H x W bool, scores N   (refine_boxes; also object_masks for SAA+)
   anomaly_map           map R x R float32 (R = eval_resolution)
 """
 from __future__ import annotations
@@ -123,15 +123,18 @@ def oracle_defect_boxes(ctx: RunContext, images: list[ImageItem]) -> StageResult
 
 
 @stage_task
-def defect_masks(ctx: RunContext, images: list[ImageItem], boxes: ArtifactRef, embeddings: ArtifactRef | None,
-                 refiner: str, sam_name: str) -> StageResult:
+def refine_boxes(ctx: RunContext, images: list[ImageItem], boxes: ArtifactRef, embeddings: ArtifactRef | None,
+                 refiner: str, sam_name: str, produces: str = "defect_masks",
+                 zero_mask_when_empty: bool = True) -> StageResult:
     """Refine each box into a mask (SAM, one mask per box; or the filled box for the oracle refiner).
 
-    No surviving box -> one all-zero mask with score 0, as the official code.
+    produces: the artifact name (defect_masks, object_masks). zero_mask_when_empty: no surviving box ->
+    one all-zero mask with score 0, as the official code does for defects; otherwise zero masks.
     """
     models = (_identity(ctx, sam_name),) if refiner == "sam" else ()
     upstream = (boxes, embeddings) if refiner == "sam" else (boxes,)
-    stage = StageDef("defect_masks", 1, {"refiner": refiner, "multimask": False}, models, upstream)
+    params = {"refiner": refiner, "multimask": False, "zero_mask_when_empty": zero_mask_when_empty}
+    stage = StageDef(produces, 1, params, models, upstream)
     box_view = ctx.store.open(boxes)
     emb_view = ctx.store.open(embeddings) if refiner == "sam" else None
 
@@ -142,7 +145,7 @@ def defect_masks(ctx: RunContext, images: list[ImageItem], boxes: ArtifactRef, e
             hw = (b.meta["height"], b.meta["width"])
             masks = _refine(b.arrays["boxes"], hw, w.image, emb_view, refiner, sam_name, ctx)
             scores = b.arrays["scores"]
-            if len(masks) == 0:
+            if len(masks) == 0 and zero_mask_when_empty:
                 masks, scores = np.zeros((1, *hw), bool), np.zeros(1, np.float32)
             results.append(ItemData({"masks": masks, "scores": scores.astype(np.float32)}))
         return results

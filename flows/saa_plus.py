@@ -1,0 +1,77 @@
+"""SAA+ flow: wiring only. METHODS.md §2 is the spec; stages live in tasks/saa and tasks/saa_plus."""
+from __future__ import annotations
+
+from collections import defaultdict
+
+from prefect import flow
+
+from stores import ArtifactRef
+from tasks.engine.context import ImageItem, RunContext
+from tasks.engine.run_state import DatasetSpec, RunState, start_run
+from tasks.report.finish import finish_run
+from tasks.saa import stages as saa
+from tasks.saa_plus import stages
+from tasks.saa_plus.config import SAAPlusConfig
+from tasks.saa_plus.expert import CategoryPrompts, load_table, prompts_for
+from tasks.saa_plus.scoring import ScoringRule
+
+
+def _category(ctx: RunContext, run: RunState, cfg: SAAPlusConfig, cp: CategoryPrompts, images: list[ImageItem],
+              embeddings: ArtifactRef) -> ArtifactRef:
+    """One category's chain; its parameters (captions, n, K, θ) come from the expert table."""
+    on = cfg.prompts
+    captions = [c for c, _ in cp.captions] + ([cp.object_prompt] if on.property else [])
+    detections = saa.grounding_detections(ctx, images, cfg.models.detector, captions)
+    images = run.absorb(ctx, detections, images)
+    objects = None
+    if on.property:
+        obj_boxes = stages.object_boxes(ctx, images, detections.ref, cp.object_prompt, cp.object_count,
+                                        cfg.box_threshold, cfg.text_threshold)
+        images = run.absorb(ctx, obj_boxes, images)
+        objects = saa.refine_boxes(ctx, images, obj_boxes.ref, embeddings, "sam", cfg.models.sam,
+                                   produces="object_masks", zero_mask_when_empty=False)
+        images = run.absorb(ctx, objects, images)
+    theta = cfg.area_threshold or cp.area_threshold
+    on_boxes = on.property and cfg.property_on == "boxes"
+    candidates = stages.defect_candidates(ctx, images, detections.ref, obj_boxes.ref if on_boxes else None,
+                                          cfg.models.detector, cp.captions, cfg.box_threshold, cfg.text_threshold,
+                                          theta if on_boxes else None, cfg.max_boxes_per_caption)
+    images = run.absorb(ctx, candidates, images)
+    masks = saa.refine_boxes(ctx, images, candidates.ref, embeddings, "sam", cfg.models.sam)
+    images = run.absorb(ctx, masks, images)
+    saliency = None
+    if on.saliency:
+        saliency = stages.saliency_map(ctx, images, cfg.models.saliency, objects.ref if objects else None,
+                                       cp.object_count, cfg.saliency_k, cfg.saliency_neighbours, cfg.color_order,
+                                       cfg.single_instance_size, cfg.multi_instance_size)
+        images = run.absorb(ctx, saliency, images)
+    rule = ScoringRule(k=(cfg.k or cp.k) if on.confidence else None, fusion=cfg.fusion,
+                       rescore_scale=cfg.rescore_scale, property_on_masks=on.property and cfg.property_on == "masks",
+                       area_threshold=theta, location_constraint=on.property and cfg.location_constraint,
+                       location_min_overlap=cfg.location_min_overlap)
+    needs_objects = rule.property_on_masks or rule.location_constraint
+    maps = stages.saa_plus_map(ctx, images, masks.ref, saliency.ref if saliency else None,
+                               objects.ref if needs_objects else None, rule, cfg.eval_resolution)
+    run.absorb(ctx, maps)
+    return maps.ref
+
+
+@flow(name="saa-plus", persist_result=False)
+def saa_plus_flow(config: SAAPlusConfig, ctx: RunContext, dataset: DatasetSpec, out_dir: str,
+                  save_maps_dir: str | None = None) -> dict:
+    models = [config.models.sam, config.models.detector] + [config.models.saliency] * config.prompts.saliency
+    run = start_run(ctx, "saa-plus", config.model_dump(mode="json"), dataset, models)
+    table_name = dataset.kind if config.expert_table == "auto" else config.expert_table
+    table = load_table(table_name) if table_name not in ("folder", "none") else None
+    embeddings = saa.image_embedding(ctx, run.alive, config.models.sam, config.color_order)
+    run.absorb(ctx, embeddings)
+    by_category: dict[str, list[ImageItem]] = defaultdict(list)
+    for item in run.alive:
+        by_category[item.record.category].append(item)
+    maps = {}
+    for category, images in sorted(by_category.items()):
+        cp = prompts_for(table, category, language=config.prompts.language)
+        if cp.warning:
+            run.notes.append(cp.warning)
+        maps[category] = _category(ctx, run, config, cp, images, embeddings.ref)
+    return finish_run(ctx, run, maps, config.eval_resolution, config.normalise, out_dir, save_maps_dir)

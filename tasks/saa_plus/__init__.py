@@ -1,0 +1,1 @@
+"""SAA+: SAA with hybrid prompts (property, visual saliency and confidence prompts)."""

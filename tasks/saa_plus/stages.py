@@ -1,0 +1,137 @@
+"""SAA+ stages as Prefect tasks (SAA's embedding, detection and refinement stages are reused as they are).
+
+Artifacts added by SAA+ (per image):
+  object_boxes       boxes M x 4 xyxy px, scores M              meta: height, width, object_area
+  defect_candidates  boxes N x 4, scores N, caption N          meta: height, width, phrases
+  saliency_map       map h x w float32 (WRN grid)              meta: mode (single | multi | single-fallback)
+  saa_plus_map       map R x R float32
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from stores import ArtifactRef, ItemData
+from tasks.datasets.image_io import read_image
+from tasks.engine.context import ImageItem, RunContext
+from tasks.engine.runner import StageDef, StageResult, WorkItem, run_stage
+from tasks.models.grounding_dino import normalize_caption
+from tasks.models.loading import load_grounding_dino, load_wrn50
+from tasks.saa import fusion, regions
+from tasks.saa.stages import _identity, _per_image, detection_item, stage_task
+from tasks.saa_plus import saliency as sal
+from tasks.saa_plus.scoring import ScoringRule, score_map
+
+
+@stage_task
+def object_boxes(ctx: RunContext, images: list[ImageItem], detections: ArtifactRef, object_caption: str,
+                 object_count: int, box_threshold: float, text_threshold: float) -> StageResult:
+    """Boxes of the inspected object(s): score above threshold and area below 1/n of the image."""
+    rule = regions.BoxFilter(box_threshold, text_threshold, max_area=1.0 / object_count)
+    caption = normalize_caption(object_caption)
+    stage = StageDef("object_boxes", 1, {"caption": caption, **rule.__dict__}, upstream=(detections,))
+    view = ctx.store.open(detections)
+
+    def compute(batch: list[WorkItem]) -> list[ItemData]:
+        out = []
+        for w in batch:
+            d = view.read(detection_item(w.image, caption))
+            hw = (d.meta["height"], d.meta["width"])
+            boxes, scores, _ = regions.filter_queries(d.arrays["boxes"], d.arrays["logits"], d.arrays["token_ids"],
+                                                      hw, rule)
+            areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / float(hw[0] * hw[1])
+            object_area = float(areas.max()) if len(boxes) else 1.0   # no object found: the whole image
+            out.append(ItemData({"boxes": boxes, "scores": scores},
+                                {"height": hw[0], "width": hw[1], "object_area": object_area}))
+        return out
+
+    return run_stage(ctx.store, stage, _per_image(images), compute, ctx.batch_size, ctx.progress)
+
+
+@stage_task
+def defect_candidates(ctx: RunContext, images: list[ImageItem], detections: ArtifactRef, objects: ArtifactRef | None,
+                      detector: str, captions: list[tuple[str, str]], box_threshold: float, text_threshold: float,
+                      area_threshold: float | None, max_boxes: int | None) -> StageResult:
+    """Pool every caption's boxes after score, phrase (each caption's filter word) and area filters.
+
+    area_threshold: θ of the property prompt on boxes (max area θ × object area); None = no area filter.
+    """
+    caps = [(normalize_caption(c), f) for c, f in captions]
+    params = {"captions": caps, "box_threshold": box_threshold, "text_threshold": text_threshold,
+              "area_threshold": area_threshold, "max_boxes": max_boxes}
+    stage = StageDef("defect_candidates", 1, params, upstream=(detections,) + ((objects,) if objects else ()))
+    det_view = ctx.store.open(detections)
+    obj_view = ctx.store.open(objects) if objects else None
+
+    def compute(batch: list[WorkItem]) -> list[ItemData]:
+        needs_phrases = any(f for _, f in caps)
+        phrase_fn = load_grounding_dino(detector, ctx.models_dir, ctx.random_weights, ctx.device).phrase \
+            if needs_phrases else None
+        out = []
+        for w in batch:
+            obj_area = obj_view.read(w.image).meta["object_area"] if obj_view and area_threshold else 1.0
+            max_area = area_threshold * obj_area if area_threshold else 1.0
+            per_caption, hw = [], None
+            for caption, word in caps:
+                d = det_view.read(detection_item(w.image, caption))
+                hw = (d.meta["height"], d.meta["width"])
+                rule = regions.BoxFilter(box_threshold, text_threshold, max_area, 0.0, word, max_boxes)
+                per_caption.append(regions.filter_queries(d.arrays["boxes"], d.arrays["logits"],
+                                                          d.arrays["token_ids"], hw, rule, phrase_fn))
+            boxes, scores, which, phrases = regions.pool_captions(per_caption)
+            out.append(ItemData({"boxes": boxes, "scores": scores, "caption": which},
+                                {"height": hw[0], "width": hw[1], "phrases": phrases}))
+        return out
+
+    return run_stage(ctx.store, stage, _per_image(images), compute, ctx.batch_size, ctx.progress)
+
+
+@stage_task
+def saliency_map(ctx: RunContext, images: list[ImageItem], backbone: str, objects: ArtifactRef | None,
+                 object_count: int, k: int, neighbours: str, color_order: str, single_size: int,
+                 multi_size: int) -> StageResult:
+    """WideResNet-50-2 self-similarity per image: single-instance kNN, or across objects when n > 1."""
+    multi = object_count > 1 and objects is not None
+    size = multi_size if multi else single_size
+    params = {"multi": multi, "k": k, "neighbours": neighbours, "color_order": color_order, "size": size}
+    stage = StageDef("saliency_map", 1, params, (_identity(ctx, backbone),), (objects,) if multi else ())
+    obj_view = ctx.store.open(objects) if multi else None
+
+    def compute(batch: list[WorkItem]) -> list[ItemData]:
+        pixels = [read_image(w.payload.record.path, ctx.dataset_root) for w in batch]
+        fed = [p[..., ::-1].copy() if color_order == "bgr" else p for p in pixels]
+        feats = load_wrn50(backbone, ctx.models_dir, ctx.random_weights, ctx.device).features(fed, size)
+        out = []
+        for w, f in zip(batch, feats):
+            objs = None
+            if multi:
+                objs = sal.resize_masks_nearest(obj_view.read(w.image).arrays["masks"], f.shape[-1])
+            smap, mode = sal.saliency_map(f, objs, object_count if multi else 1, k, neighbours)
+            out.append(ItemData({"map": smap.astype(np.float32)}, {"mode": mode}))
+        return out
+
+    return run_stage(ctx.store, stage, _per_image(images), compute, ctx.batch_size, ctx.progress)
+
+
+@stage_task
+def saa_plus_map(ctx: RunContext, images: list[ImageItem], masks: ArtifactRef, saliency: ArtifactRef | None,
+                 objects: ArtifactRef | None, rule: ScoringRule, resolution: int) -> StageResult:
+    """Rescore by saliency, keep the top K, fuse, resize to the evaluation resolution."""
+    upstream = tuple(r for r in (masks, saliency, objects) if r is not None)
+    params = {**rule.__dict__, "resolution": resolution, "saliency": saliency is not None}
+    stage = StageDef("saa_plus_map", 1, params, upstream=upstream)
+    views = {name: ctx.store.open(ref) if ref else None
+             for name, ref in (("masks", masks), ("saliency", saliency), ("objects", objects))}
+
+    def compute(batch: list[WorkItem]) -> list[ItemData]:
+        out = []
+        for w in batch:
+            m = views["masks"].read(w.image).arrays
+            hw = m["masks"].shape[1:]
+            smap = sal.upsample_saliency(views["saliency"].read(w.image).arrays["map"], hw) \
+                if views["saliency"] else None
+            objs = views["objects"].read(w.image).arrays["masks"] if views["objects"] else None
+            fused = score_map(m["masks"], m["scores"], smap, objs, rule, sal.rescore)
+            out.append(ItemData({"map": fusion.resize_map(fused, resolution)}))
+        return out
+
+    return run_stage(ctx.store, stage, _per_image(images), compute, ctx.batch_size, ctx.progress)
