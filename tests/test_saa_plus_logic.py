@@ -98,3 +98,29 @@ def test_object_area_bounds_defect_boxes(tmp_path):
     # n = 2 objects: an object box may cover at most half the image; the 0.64 box goes, object_area -> 1
     two = stages.object_boxes.fn(ctx, [item], ref, "bottle", 2, 0.1, 0.1)
     assert ctx.store.open(two.ref).read(item.image_id).meta["object_area"] == 1.0
+
+
+def test_saliency_stage_falls_back_when_fewer_than_two_objects(tmp_path):
+    """n > 1 with oracle object masks: two objects -> multi-instance; one (or none) -> single-instance fallback."""
+    from PIL import Image
+
+    ctx = RunContext(store_url=str(tmp_path / "s"), models_dir=str(tmp_path / "m"), progress=False)
+    objects = ctx.store.ensure_artifact("object_masks", "oracle", {})
+    items = []
+    for name, count in (("two", 2), ("one", 1), ("none", 0)):
+        path = tmp_path / f"{name}.png"
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), np.uint8)).save(path)
+        item = ImageItem(name * 32, ImageRecord(str(path), f"c/test/good/{name}.png", "c", "test", 0, "good"))
+        masks = np.zeros((count, 32, 32), bool)
+        for i in range(count):
+            masks[i, 4:12, 4 + 14 * i:12 + 14 * i] = True
+        ctx.store.write_item(objects, item.image_id, ItemData({"masks": masks, "scores": np.ones(count)}))
+        items.append(item)
+    result = stages.saliency_map.fn(ctx, items, "tiny-wrn50", objects, 4, 5, "farthest", "rgb", 32, 64)
+    view = ctx.store.open(result.ref)
+    modes = {it.image_id[:3]: view.read(it.image_id).meta["mode"] for it in items}
+    assert modes == {"two": "multi", "one": "single-fallback", "non": "single-fallback"}
+    assert view.read(items[0].image_id).arrays["map"].shape == (16, 16)    # 64 / 4
+    assert view.read(items[1].image_id).arrays["map"].shape == (8, 8)      # single size 32 / 4
+    multi = view.read(items[0].image_id).arrays["map"]
+    assert multi[8:, :].sum() == 0 and multi[1:3, 1:3].min() >= 0         # outside the objects: 0

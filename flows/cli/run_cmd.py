@@ -33,6 +33,7 @@ def execute(method: str, dataset: str, root: str, categories: list[str] | None, 
     from tasks.models.registry import default_models_dir
     from tasks.models.resolve import resolve_models
     from tasks.models.weights import WeightsMissingError
+    from tasks.saa_plus.expert import ExpertError
 
     table = method_table()
     if method not in table:
@@ -54,7 +55,7 @@ def execute(method: str, dataset: str, root: str, categories: list[str] | None, 
     spec = DatasetSpec(dataset, os.path.abspath(root), tuple(categories) if categories else None)
     try:
         return flow_fn(config=config, ctx=ctx, dataset=spec, out_dir=out, save_maps_dir=save_maps)
-    except (DatasetError, WeightsMissingError) as exc:
+    except (DatasetError, WeightsMissingError, ExpertError) as exc:
         fail_usage(str(exc))
 
 

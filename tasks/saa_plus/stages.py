@@ -91,22 +91,26 @@ def saliency_map(ctx: RunContext, images: list[ImageItem], backbone: str, object
                  multi_size: int) -> StageResult:
     """WideResNet-50-2 self-similarity per image: single-instance kNN, or across objects when n > 1."""
     multi = object_count > 1 and objects is not None
-    size = multi_size if multi else single_size
-    params = {"multi": multi, "k": k, "neighbours": neighbours, "color_order": color_order, "size": size}
-    stage = StageDef("saliency_map", 1, params, (_identity(ctx, backbone),), (objects,) if multi else ())
+    params = {"multi": multi, "k": k, "neighbours": neighbours, "color_order": color_order,
+              "single_size": single_size, "multi_size": multi_size if multi else None}
+    stage = StageDef("saliency_map", 2, params, (_identity(ctx, backbone),), (objects,) if multi else ())
     obj_view = ctx.store.open(objects) if multi else None
 
     def compute(batch: list[WorkItem]) -> list[ItemData]:
-        pixels = [read_image(w.payload.record.path, ctx.dataset_root) for w in batch]
-        fed = [p[..., ::-1].copy() if color_order == "bgr" else p for p in pixels]
-        feats = load_wrn50(backbone, ctx.models_dir, ctx.random_weights, ctx.device).features(fed, size)
-        out = []
-        for w, f in zip(batch, feats):
-            objs = None
-            if multi:
-                objs = sal.resize_masks_nearest(obj_view.read(w.image).arrays["masks"], f.shape[-1])
-            smap, mode = sal.saliency_map(f, objs, object_count if multi else 1, k, neighbours)
-            out.append(ItemData({"map": smap.astype(np.float32)}, {"mode": mode}))
+        """Pick each image's mode first (multi needs >= 2 objects), then extract features at that mode's size."""
+        grids = [sal.resize_masks_nearest(obj_view.read(w.image).arrays["masks"], multi_size // 4) if multi
+                 else None for w in batch]
+        modes = [sal.saliency_mode(g, object_count if multi else 1) for g in grids]
+        model = load_wrn50(backbone, ctx.models_dir, ctx.random_weights, ctx.device)
+        out: list[ItemData | None] = [None] * len(batch)
+        for mode_size in {multi_size if m == "multi" else single_size for m in modes}:
+            idx = [i for i, m in enumerate(modes) if (multi_size if m == "multi" else single_size) == mode_size]
+            pixels = [read_image(batch[i].payload.record.path, ctx.dataset_root) for i in idx]
+            fed = [p[..., ::-1].copy() if color_order == "bgr" else p for p in pixels]
+            for i, feats in zip(idx, model.features(fed, mode_size)):
+                smap, _ = sal.saliency_map(feats, grids[i] if modes[i] == "multi" else None,
+                                           object_count if modes[i] == "multi" else 1, k, neighbours)
+                out[i] = ItemData({"map": smap.astype(np.float32)}, {"mode": modes[i]})
         return out
 
     return run_stage(ctx.store, stage, _per_image(images), compute, ctx.batch_size, ctx.progress)

@@ -1,0 +1,87 @@
+"""SAA+ end to end: expert tables, stage reuse rules with counted model calls, and the ablation."""
+from __future__ import annotations
+
+import json
+import os
+
+import yaml
+
+from tests.flow_helpers import run_cli, run_saa, stage_counts
+
+
+def _table(tmp_path, captions=("crack",), n_multi=3):
+    """A user expert table for the synthetic categories (synth_multi has several objects per image)."""
+    entry = {"defect_captions": list(captions), "filter_word": "synth", "object_prompt": "object",
+             "object_count": 1, "k": 2, "area_threshold": 0.5}
+    table = {"dataset": "synth", "categories": {"synth_texture": entry, "synth_object": entry,
+                                                "synth_multi": {**entry, "object_count": n_multi}}}
+    path = tmp_path / "synth.yaml"
+    path.write_text(yaml.safe_dump(table))
+    return str(path)
+
+
+def _plus(root, store, out, models_dir, *extra):
+    return run_saa(root, store, out, models_dir, *extra, method="saa-plus")
+
+
+def test_saa_plus_runs_caches_and_reuses_per_caption(synth_root, models_dir, tmp_path, counters):
+    table = _table(tmp_path)
+    store = str(tmp_path / "store")
+    code, first, _ = _plus(synth_root, store, str(tmp_path / "o1"), models_dir, "--set", f"expert_table={table}")
+    assert code == 0 and first["method"] == "saa-plus" and first["notes"] == []
+    n = len(first["images"])
+    assert stage_counts(first)["grounding_detections"] == (5 * n, 0)   # 3 general + 1 expert + object caption
+    counters.reset_counters()
+    code, again, _ = _plus(synth_root, store, str(tmp_path / "o2"), models_dir, "--set", f"expert_table={table}")
+    assert counters.total_calls() == 0 and all(c == 0 for c, _ in stage_counts(again).values())
+    # one more expert caption: the detector runs for that caption only
+    more = _table(tmp_path, captions=("crack", "hole"))
+    _, added, _ = _plus(synth_root, store, str(tmp_path / "o3"), models_dir, "--set", f"expert_table={more}")
+    assert stage_counts(added)["grounding_detections"] == (n, 5 * n)
+    assert stage_counts(added)["image_embedding"] == (0, n) and stage_counts(added)["saliency_map"] == (0, n)
+    # a new K, or the saliency prompt off, reuses everything upstream of the map
+    counters.reset_counters()
+    for extra in (("--set", "k=1"), ("--set", "prompts.saliency=false")):
+        _, r, _ = _plus(synth_root, store, str(tmp_path / "o4"), models_dir, "--set", f"expert_table={more}", *extra)
+        counts = stage_counts(r)
+        assert counts["saa_plus_map"] == (n, 0)
+        assert all(c == 0 for name, (c, _) in counts.items() if name != "saa_plus_map")
+    assert counters.total_calls() == 0
+
+
+def test_unknown_categories_fall_back_to_general_prompts_with_a_note(synth_root, models_dir, tmp_path):
+    code, report, output = _plus(synth_root, str(tmp_path / "s"), str(tmp_path / "o"), models_dir)
+    assert code == 0
+    assert len(report["notes"]) == 2 and all("no entry in the 'mvtec' expert table" in n for n in report["notes"])
+    assert "general prompts" in output
+    n = len(report["images"])
+    assert stage_counts(report)["grounding_detections"] == (4 * n, 0)   # 3 general + the object caption
+
+
+def test_bad_expert_table_is_a_usage_error(synth_root, models_dir, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset: x\ncategories:\n  synth_object: {defect_captions: [a], filter_word: a, "
+                   "object_prompt: a, object_count: 0, k: 1, area_threshold: 0.5}\n")
+    code, out = run_cli("run", "saa-plus", "--dataset", "mvtec", "--root", synth_root, "--store",
+                        str(tmp_path / "s"), "--out", str(tmp_path / "o"), "--models-dir", models_dir, "--allow-tiny",
+                        "--set", f"expert_table={bad}")
+    assert code == 2 and "synth_object" in out and "object_count" in out
+
+
+def test_ablate_writes_all_variants_from_one_cache(synth_root, models_dir, tmp_path, counters):
+    out = tmp_path / "abl"
+    code, output = run_cli("ablate", "saa-plus", "--dataset", "mvtec", "--root", synth_root, "--store",
+                           str(tmp_path / "s"), "--out", str(out), "--models-dir", models_dir, "--allow-tiny",
+                           "--no-progress", "--set", f"expert_table={_table(tmp_path)}")
+    assert code == 0 and "| saa_plus |" in output
+    summary = json.load(open(out / "ablation.json"))
+    assert list(summary["variants"]) == ["saa", "saa_plus", "no_language", "no_property", "no_saliency",
+                                         "no_confidence"]
+    assert summary["variants"]["saa_plus"]["paper_pixel_f1_max"] == 39.40
+    assert all(os.path.exists(out / v / "report.json") for v in summary["variants"])
+    full = {s["name"]: s for s in summary["variants"]["saa_plus"]["stages"]}
+    assert full["image_embedding"]["computed"] == 0          # computed once, by the vanilla SAA variant
+    for variant in ("no_saliency", "no_confidence"):
+        stages = {s["name"]: s for s in summary["variants"][variant]["stages"]}
+        assert all(s["computed"] == 0 for name, s in stages.items() if name != "saa_plus_map")
+    assert "no_saliency" in (out / "ablation.md").read_text()
