@@ -26,10 +26,10 @@ def saa_flow(config: SAAConfig, ctx: RunContext, dataset: DatasetSpec, out_dir: 
     if uses_gdino:
         detections = stages.grounding_detections(ctx, run.alive, config.models.detector, config.defect_prompts)
         run.absorb(ctx, detections)
-        rule = BoxFilter(config.box_threshold, config.text_threshold, config.max_box_area, 0.0, config.filter_word,
-                         config.max_boxes_per_caption)
-        boxes = stages.defect_boxes(ctx, run.alive, detections.ref, config.models.detector,
-                                    config.defect_prompts, rule)
+        rule = BoxFilter(config.box_threshold, config.text_threshold, config.max_box_area,
+                         max_boxes=config.max_boxes_per_caption)
+        captions = [(c, config.filter_word) for c in config.defect_prompts]
+        boxes = stages.defect_boxes(ctx, run.alive, detections.ref, config.models.detector, captions, rule)
     else:
         boxes = stages.oracle_defect_boxes(ctx, run.alive)
     run.absorb(ctx, boxes)

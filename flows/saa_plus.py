@@ -10,6 +10,7 @@ from tasks.engine.context import ImageItem, RunContext
 from tasks.engine.run_state import DatasetSpec, RunState, start_run
 from tasks.report.finish import finish_run
 from tasks.saa import stages as saa
+from tasks.saa.regions import BoxFilter
 from tasks.saa_plus import stages
 from tasks.saa_plus.config import SAAPlusConfig
 from tasks.saa_plus.expert import CategoryPrompts, load_table, prompts_for
@@ -33,9 +34,9 @@ def _category(ctx: RunContext, run: RunState, cfg: SAAPlusConfig, cp: CategoryPr
         images = run.absorb(ctx, objects, images)
     theta = cfg.area_threshold or cp.area_threshold
     on_boxes = on.property and cfg.property_on == "boxes"
-    candidates = stages.defect_candidates(ctx, images, detections.ref, obj_boxes.ref if on_boxes else None,
-                                          cfg.models.detector, cp.captions, cfg.box_threshold, cfg.text_threshold,
-                                          theta if on_boxes else None, cfg.max_boxes_per_caption)
+    rule = BoxFilter(cfg.box_threshold, cfg.text_threshold, max_boxes=cfg.max_boxes_per_caption)
+    candidates = saa.defect_boxes(ctx, images, detections.ref, cfg.models.detector, cp.captions, rule,
+                                  obj_boxes.ref if on_boxes else None, theta if on_boxes else None)
     images = run.absorb(ctx, candidates, images)
     masks = saa.refine_boxes(ctx, images, candidates.ref, embeddings, "sam", cfg.models.sam)
     images = run.absorb(ctx, masks, images)
@@ -45,13 +46,13 @@ def _category(ctx: RunContext, run: RunState, cfg: SAAPlusConfig, cp: CategoryPr
                                        cp.object_count, cfg.saliency_k, cfg.saliency_neighbours, cfg.color_order,
                                        cfg.single_instance_size, cfg.multi_instance_size)
         images = run.absorb(ctx, saliency, images)
-    rule = ScoringRule(k=(cfg.k or cp.k) if on.confidence else None, fusion=cfg.fusion,
+    scoring = ScoringRule(k=(cfg.k or cp.k) if on.confidence else None, fusion=cfg.fusion,
                        rescore_scale=cfg.rescore_scale, property_on_masks=on.property and cfg.property_on == "masks",
                        area_threshold=theta, location_constraint=on.property and cfg.location_constraint,
                        location_min_overlap=cfg.location_min_overlap)
-    needs_objects = rule.property_on_masks or rule.location_constraint
+    needs_objects = scoring.property_on_masks or scoring.location_constraint
     maps = stages.saa_plus_map(ctx, images, masks.ref, saliency.ref if saliency else None,
-                               objects.ref if needs_objects else None, rule, cfg.eval_resolution)
+                               objects.ref if needs_objects else None, scoring, cfg.eval_resolution)
     run.absorb(ctx, maps)
     return maps.ref
 

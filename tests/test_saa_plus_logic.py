@@ -7,6 +7,8 @@ import pytest
 from stores import ItemData
 from tasks.datasets.records import ImageRecord
 from tasks.engine.context import ImageItem, RunContext
+from tasks.saa import stages as saa_stages
+from tasks.saa.regions import BoxFilter
 from tasks.saa.stages import detection_item
 from tasks.saa_plus import stages
 from tasks.saa_plus.scoring import ScoringRule, location_filter, mask_area_filter, score_map
@@ -87,13 +89,13 @@ def test_object_area_bounds_defect_boxes(tmp_path):
     objects = stages.object_boxes.fn(ctx, [item], ref, "bottle", 1, 0.1, 0.1)
     obj = ctx.store.open(objects.ref).read(item.image_id)
     assert obj.meta["object_area"] == pytest.approx(0.64) and len(obj.arrays["boxes"]) == 1
-    cands = stages.defect_candidates.fn(ctx, [item], ref, objects.ref, "tiny-gdino", [("crack", "")], 0.1, 0.1,
-                                        0.1, None)  # max area 0.1 * 0.64: keeps the 0.01 box, drops the 0.09 box
+    rule = BoxFilter(0.1, 0.1)
+    cands = saa_stages.defect_boxes.fn(ctx, [item], ref, "tiny-gdino", [("crack", "")], rule, objects.ref,
+                                       0.1)  # max area 0.1 * 0.64: keeps the 0.01 box, drops the 0.09 box
     got = ctx.store.open(cands.ref).read(item.image_id)
     np.testing.assert_allclose(got.arrays["boxes"], [[15, 15, 25, 25]])
     np.testing.assert_allclose(got.arrays["scores"], [0.6])
-    no_property = stages.defect_candidates.fn(ctx, [item], ref, None, "tiny-gdino", [("crack", "")], 0.1, 0.1,
-                                              None, None)
+    no_property = saa_stages.defect_boxes.fn(ctx, [item], ref, "tiny-gdino", [("crack", "")], rule)
     assert len(ctx.store.open(no_property.ref).read(item.image_id).arrays["boxes"]) == 2
     # n = 2 objects: an object box may cover at most half the image; the 0.64 box goes, object_area -> 1
     two = stages.object_boxes.fn(ctx, [item], ref, "bottle", 2, 0.1, 0.1)

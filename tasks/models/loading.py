@@ -13,6 +13,7 @@ The identity says which of these produced the outputs; caches key on it.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import threading
 import time
@@ -26,6 +27,7 @@ from tasks.models import calls, registry
 if TYPE_CHECKING:  # pragma: no cover
     from tasks.models.grounding_dino import GroundingDinoAdapter
     from tasks.models.sam import SamAdapter
+    from tasks.models.wrn50 import Wrn50Adapter
 
 RANDOM_PREFIX = "seeded-random:"
 
@@ -113,32 +115,39 @@ def _check_family(name: str, family: str) -> registry.ModelSpec:
     return spec
 
 
-def load_sam(name: str, models_dir: str | Path | None = None, random_weights: bool = False,
-             device: str = "cpu") -> "SamAdapter":
-    """The SAM adapter for ``name``, built once per process (per models_dir / random_weights / device)."""
-    spec = _check_family(name, "sam")
+_BUILDERS = {"sam": ("tasks.models.sam", "build_sam_adapter"),
+             "grounding_dino": ("tasks.models.grounding_dino", "build_grounding_dino_adapter"),
+             "wrn50": ("tasks.models.wrn50", "build_wrn50_adapter")}
+
+
+def _load(family: str, name: str, models_dir, random_weights: bool, device: str):
+    """Build (once per process, per models_dir / random_weights / device) the adapter of a family's model."""
+    spec = _check_family(name, family)
 
     def build():
-        from tasks.models.sam import build_sam_adapter
-
+        module, builder = _BUILDERS[family]
         identity = model_identity(name, models_dir, random_weights)
-        return build_sam_adapter(spec, _models_dir(models_dir), identity, device)
+        return getattr(importlib.import_module(module), builder)(spec, _models_dir(models_dir), identity, device)
 
-    return _memoised("sam", name, models_dir, random_weights, device, build)
+    return _memoised(family, name, models_dir, random_weights, device, build)
+
+
+def load_sam(name: str, models_dir: str | Path | None = None, random_weights: bool = False,
+             device: str = "cpu") -> "SamAdapter":
+    """The SAM adapter for ``name``."""
+    return _load("sam", name, models_dir, random_weights, device)
 
 
 def load_grounding_dino(name: str, models_dir: str | Path | None = None, random_weights: bool = False,
                         device: str = "cpu") -> "GroundingDinoAdapter":
-    """The GroundingDINO adapter for ``name``, built once per process (per models_dir / random_weights / device)."""
-    spec = _check_family(name, "grounding_dino")
+    """The GroundingDINO adapter for ``name``."""
+    return _load("grounding_dino", name, models_dir, random_weights, device)
 
-    def build():
-        from tasks.models.grounding_dino import build_grounding_dino_adapter
 
-        identity = model_identity(name, models_dir, random_weights)
-        return build_grounding_dino_adapter(spec, _models_dir(models_dir), identity, device)
-
-    return _memoised("grounding_dino", name, models_dir, random_weights, device, build)
+def load_wrn50(name: str, models_dir: str | Path | None = None, random_weights: bool = False,
+               device: str = "cpu") -> "Wrn50Adapter":
+    """The WideResNet-50-2 feature adapter for ``name``."""
+    return _load("wrn50", name, models_dir, random_weights, device)
 
 
 def clear_model_cache() -> None:
@@ -146,21 +155,3 @@ def clear_model_cache() -> None:
     with _LOCK:
         _CACHE.clear()
 
-
-if TYPE_CHECKING:  # pragma: no cover
-    from tasks.models.wrn50 import Wrn50Adapter
-
-
-def load_wrn50(name: str, models_dir: str | Path | None = None, random_weights: bool = False,
-               device: str = "cpu") -> "Wrn50Adapter":
-    """The WideResNet-50-2 feature adapter for ``name``, built once per process (per models_dir / random_weights /
-    device)."""
-    spec = _check_family(name, "wrn50")
-
-    def build():
-        from tasks.models.wrn50 import build_wrn50_adapter
-
-        identity = model_identity(name, models_dir, random_weights)
-        return build_wrn50_adapter(spec, _models_dir(models_dir), identity, device)
-
-    return _memoised("wrn50", name, models_dir, random_weights, device, build)

@@ -19,7 +19,6 @@ from tasks.models.calls import count_call, count_load
 from tasks.models.loading import ModelIdentity
 from tasks.models.registry import ModelSpec
 
-CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt")
 _Points = tuple[torch.Tensor, torch.Tensor]  # coords N x P x 2, labels N x P
 
 
@@ -85,11 +84,9 @@ def build_sam_adapter(spec: ModelSpec, models_dir: Path, identity: ModelIdentity
     if identity.random_weights:
         sam = build_seeded_sam(spec)
     else:
-        from tasks.models.weights import ensure_present
+        from tasks.models.weights import checkpoint_path
 
-        paths = ensure_present(spec, models_dir)
-        main = next((f for f in spec.files if f.filename.endswith(CHECKPOINT_SUFFIXES)), spec.files[0])
-        sam = build_checkpoint_sam(spec, paths[main.filename])
+        sam = build_checkpoint_sam(spec, checkpoint_path(spec, models_dir))
     count_load(spec.name)
     return SamAdapter(spec, sam, identity, device)
 

@@ -221,6 +221,16 @@ def verified_sha256(spec: ModelSpec, models_dir: str | os.PathLike, filename: st
     return sha
 
 
+def primary_weights_file(spec: ModelSpec) -> WeightFile:
+    """The spec's main weights file: the first *.safetensors / *.pth / *.pt, else its first file."""
+    return next((wf for wf in spec.files if wf.filename.endswith(_PRIMARY_SUFFIXES)), spec.files[0])
+
+
+def checkpoint_path(spec: ModelSpec, models_dir: str | os.PathLike) -> Path:
+    """Path of the main weights file after checking every file of the spec is present."""
+    return ensure_present(spec, models_dir)[primary_weights_file(spec).filename]
+
+
 def primary_weights_sha256(spec: ModelSpec, models_dir: str | os.PathLike) -> str:
     """sha256 of the spec's main weights file (first *.safetensors / *.pth / *.pt, else its first file).
 
@@ -228,8 +238,7 @@ def primary_weights_sha256(spec: ModelSpec, models_dir: str | os.PathLike) -> st
     if not spec.files:
         ident = json.dumps({"name": spec.name, "seed": spec.seed, "arch": spec.arch}, sort_keys=True, default=repr)
         return hashlib.sha256(("tiny:" + ident).encode()).hexdigest()
-    main = next((wf for wf in spec.files if wf.filename.endswith(_PRIMARY_SUFFIXES)), spec.files[0])
-    return verified_sha256(spec, models_dir, main.filename)
+    return verified_sha256(spec, models_dir, primary_weights_file(spec).filename)
 
 
 # -------------------------------------------------------------------------------------------------- pull

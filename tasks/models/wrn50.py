@@ -20,7 +20,6 @@ from tasks.models.calls import count_call, count_load
 from tasks.models.loading import ModelIdentity
 from tasks.models.registry import ModelSpec
 
-CHECKPOINT_SUFFIXES = (".pth", ".pt")
 
 
 # ------------------------------------------------------------------------------------------------- building
@@ -73,11 +72,9 @@ def build_wrn50_adapter(spec: ModelSpec, models_dir: Path, identity: ModelIdenti
     if identity.random_weights:
         model = build_seeded_wrn50(spec)
     else:
-        from tasks.models.weights import ensure_present
+        from tasks.models.weights import checkpoint_path
 
-        paths = ensure_present(spec, models_dir)
-        main = next((f for f in spec.files if f.filename.endswith(CHECKPOINT_SUFFIXES)), spec.files[0])
-        model = build_checkpoint_wrn50(spec, paths[main.filename])
+        model = build_checkpoint_wrn50(spec, checkpoint_path(spec, models_dir))
     count_load(spec.name)
     return Wrn50Adapter(spec, model, identity, device)
 

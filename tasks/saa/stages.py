@@ -10,6 +10,7 @@ Artifacts (all per image unless noted):
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 
 import numpy as np
 from prefect import task
@@ -79,22 +80,35 @@ def grounding_detections(ctx: RunContext, images: list[ImageItem], detector: str
 
 @stage_task
 def defect_boxes(ctx: RunContext, images: list[ImageItem], detections: ArtifactRef, detector: str,
-                 captions: list[str], rule: regions.BoxFilter) -> StageResult:
-    """Filter each caption's queries by score, area and phrase, then pool the captions (cheap, no model)."""
-    params = {"captions": [normalize_caption(c) for c in captions], **rule.__dict__}
-    stage = StageDef("defect_boxes", 1, params, upstream=(detections,))
-    view = ctx.store.open(detections)
+                 captions: list[tuple[str, str]], rule: regions.BoxFilter, objects: ArtifactRef | None = None,
+                 area_threshold: float | None = None) -> StageResult:
+    """Filter each caption's queries by score, area and phrase, then pool the captions (cheap, no model).
+
+    captions: (caption, background filter word) pairs; the word replaces ``rule.filter_word``.
+    objects / area_threshold: SAA+'s property prompt on boxes: a box may not exceed θ × the object's area
+    (``object_area`` of the object_boxes item); without them ``rule.max_area`` bounds every box.
+    """
+    caps = [(normalize_caption(c), word) for c, word in captions]
+    params = {**rule.__dict__, "captions": caps, "area_threshold": area_threshold if objects else None}
+    upstream = (detections, objects) if objects else (detections,)
+    stage = StageDef("defect_boxes", 2, params, upstream=upstream)
+    det_view = ctx.store.open(detections)
+    obj_view = ctx.store.open(objects) if objects else None
 
     def compute(batch: list[WorkItem]) -> list[ItemData]:
         phrase_fn = None
-        if rule.filter_word:
+        if any(word for _, word in caps):
             phrase_fn = load_grounding_dino(detector, ctx.models_dir, ctx.random_weights, ctx.device).phrase
         results = []
         for w in batch:
-            dets = [view.read(detection_item(w.image, c)) for c in params["captions"]]
+            max_area = rule.max_area
+            if obj_view and area_threshold:
+                max_area = area_threshold * obj_view.read(w.image).meta["object_area"]
+            dets = [det_view.read(detection_item(w.image, c)) for c, _ in caps]
             hw = (dets[0].meta["height"], dets[0].meta["width"])
-            per_caption = [regions.filter_queries(d.arrays["boxes"], d.arrays["logits"], d.arrays["token_ids"],
-                                                  hw, rule, phrase_fn) for d in dets]
+            per_caption = [regions.filter_queries(d.arrays["boxes"], d.arrays["logits"], d.arrays["token_ids"], hw,
+                                                  replace(rule, filter_word=word, max_area=max_area), phrase_fn)
+                           for d, (_, word) in zip(dets, caps)]
             boxes, scores, which, phrases = regions.pool_captions(per_caption)
             results.append(ItemData({"boxes": boxes, "scores": scores, "caption": which},
                                     {"height": hw[0], "width": hw[1], "phrases": phrases}))

@@ -2,7 +2,6 @@
 
 Artifacts added by SAA+ (per image):
   object_boxes       boxes M x 4 xyxy px, scores M              meta: height, width, object_area
-  defect_candidates  boxes N x 4, scores N, caption N          meta: height, width, phrases
   saliency_map       map h x w float32 (WRN grid)              meta: mode (single | multi | single-fallback)
   saa_plus_map       map R x R float32
 """
@@ -15,7 +14,7 @@ from tasks.datasets.image_io import read_image
 from tasks.engine.context import ImageItem, RunContext
 from tasks.engine.runner import StageDef, StageResult, WorkItem, run_stage
 from tasks.models.grounding_dino import normalize_caption
-from tasks.models.loading import load_grounding_dino, load_wrn50
+from tasks.models.loading import load_wrn50
 from tasks.saa import fusion, regions
 from tasks.saa.stages import _identity, _per_image, detection_item, stage_task
 from tasks.saa_plus import saliency as sal
@@ -42,44 +41,6 @@ def object_boxes(ctx: RunContext, images: list[ImageItem], detections: ArtifactR
             object_area = float(areas.max()) if len(boxes) else 1.0   # no object found: the whole image
             out.append(ItemData({"boxes": boxes, "scores": scores},
                                 {"height": hw[0], "width": hw[1], "object_area": object_area}))
-        return out
-
-    return run_stage(ctx.store, stage, _per_image(images), compute, ctx.batch_size, ctx.progress)
-
-
-@stage_task
-def defect_candidates(ctx: RunContext, images: list[ImageItem], detections: ArtifactRef, objects: ArtifactRef | None,
-                      detector: str, captions: list[tuple[str, str]], box_threshold: float, text_threshold: float,
-                      area_threshold: float | None, max_boxes: int | None) -> StageResult:
-    """Pool every caption's boxes after score, phrase (each caption's filter word) and area filters.
-
-    area_threshold: θ of the property prompt on boxes (max area θ × object area); None = no area filter.
-    """
-    caps = [(normalize_caption(c), f) for c, f in captions]
-    params = {"captions": caps, "box_threshold": box_threshold, "text_threshold": text_threshold,
-              "area_threshold": area_threshold, "max_boxes": max_boxes}
-    stage = StageDef("defect_candidates", 1, params, upstream=(detections,) + ((objects,) if objects else ()))
-    det_view = ctx.store.open(detections)
-    obj_view = ctx.store.open(objects) if objects else None
-
-    def compute(batch: list[WorkItem]) -> list[ItemData]:
-        needs_phrases = any(f for _, f in caps)
-        phrase_fn = load_grounding_dino(detector, ctx.models_dir, ctx.random_weights, ctx.device).phrase \
-            if needs_phrases else None
-        out = []
-        for w in batch:
-            obj_area = obj_view.read(w.image).meta["object_area"] if obj_view and area_threshold else 1.0
-            max_area = area_threshold * obj_area if area_threshold else 1.0
-            per_caption, hw = [], None
-            for caption, word in caps:
-                d = det_view.read(detection_item(w.image, caption))
-                hw = (d.meta["height"], d.meta["width"])
-                rule = regions.BoxFilter(box_threshold, text_threshold, max_area, 0.0, word, max_boxes)
-                per_caption.append(regions.filter_queries(d.arrays["boxes"], d.arrays["logits"],
-                                                          d.arrays["token_ids"], hw, rule, phrase_fn))
-            boxes, scores, which, phrases = regions.pool_captions(per_caption)
-            out.append(ItemData({"boxes": boxes, "scores": scores, "caption": which},
-                                {"height": hw[0], "width": hw[1], "phrases": phrases}))
         return out
 
     return run_stage(ctx.store, stage, _per_image(images), compute, ctx.batch_size, ctx.progress)
