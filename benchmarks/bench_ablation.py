@@ -25,11 +25,11 @@ MODELS = {"tiny": ["--allow-tiny", "--set", "models.sam=tiny-sam", "--set", "mod
                    "--set", "models.saliency=tiny-wrn50"]}
 
 
-def _phase(command: str, data: str, work: str, name: str, models: str) -> dict:
+def _phase(command: str, data: str, work: str, name: str, models: str, extra: list[str]) -> dict:
     out = os.path.join(work, name)
     cmd = [sys.executable, "-m", "flows.cli.main", command, "saa-plus", "--dataset", "mvtec", "--root", data,
            "--store", os.path.join(work, f"store-{name}"), "--out", out, "--models-dir",
-           os.path.join(work, "no-models"), "--no-progress", *MODELS[models]]
+           os.path.join(work, "no-models"), "--no-progress", *MODELS[models], *extra]
     wall, rss, _ = _timed(cmd)
     if command == "run":
         reports = [json.load(open(os.path.join(out, "report.json")))]
@@ -46,19 +46,24 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", choices=sorted(MODELS), default="tiny")
     ap.add_argument("--images", type=int, default=24)
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    help="config override for both arms, e.g. max_boxes_per_caption=5")
+    ap.add_argument("--tag", default="", help="suffix of the result file")
     args = ap.parse_args()
+    extra = [a for o in args.overrides for a in ("--set", o)]
     from tasks.datasets.synth import write_synthetic_mvtec
 
     work = tempfile.mkdtemp(prefix="anomflow-ablation-")
     data = os.path.join(work, "data")
     write_synthetic_mvtec(data, categories=3, images=args.images // 3, seed=0, size=256)
-    single = _phase("run", data, work, "single_saa_plus", args.models)
-    ablate = _phase("ablate", data, work, "ablate_six_variants", args.models)
+    single = _phase("run", data, work, "single_saa_plus", args.models, extra)
+    ablate = _phase("ablate", data, work, "ablate_six_variants", args.models, extra)
     ratios = {"ablate/single (image work)": ablate["image_work_s"] / single["image_work_s"],
               "ablate/single (process wall)": ablate["process_wall_s"] / single["process_wall_s"]}
-    result = {"models": args.models, "images": args.images, "phases": [single, ablate], "ratios": ratios,
+    result = {"models": args.models, "images": args.images, "overrides": args.overrides,
+              "phases": [single, ablate], "ratios": ratios,
               "machine": f"{os.cpu_count()} cores", "created": time.strftime("%Y-%m-%d %H:%M")}
-    dest = HERE / "results" / f"ablation_{args.models}.json"
+    dest = HERE / "results" / f"ablation_{args.models}{args.tag}.json"
     dest.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 

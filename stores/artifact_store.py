@@ -117,12 +117,12 @@ class ArtifactStore:
         """Write one item atomically: arrays into a fresh write id, then the completion marker."""
         write_id = uuid.uuid4().hex
         base = f"{ref.path}/{item}/{write_id}"
+        group = zarr.open_group(self.zstore, path=base, mode="w")   # a fresh path: no other writer
         for name, value in data.arrays.items():
             arr = _check_array(name, value)
-            chunks = tuple(max(1, n) for n in arr.shape) if arr.ndim else ()
-            zarr.create_array(self.zstore, name=f"{base}/{name}", data=arr, chunks=chunks or "auto")
+            group.create_array(name, data=arr, chunks=tuple(max(1, n) for n in arr.shape) or "auto")
         _before_commit_hook(base)
-        zarr.open_group(self.zstore, path=f"{base}/{COMPLETE}", mode="w", attributes=data.meta)
+        group.create_group(COMPLETE, attributes=data.meta)
         return write_id
 
     def read_item(self, ref: ArtifactRef, item: str, write_id: str) -> ItemData:

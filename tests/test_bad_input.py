@@ -94,8 +94,8 @@ def test_usage_errors_exit_2_with_a_clear_message(tmp_path, models_dir, synth_ro
     assert code == 2 and "nope" in out
 
 
-def test_visa_layout_runs_with_its_split_csv(tmp_path, models_dir):
-    root = tmp_path / "visa"
+def write_visa_candles(root):
+    """A tiny VisA tree: candle, 2 normal + 2 anomalous JPEGs with masks, and split_csv/1cls.csv."""
     rng = np.random.default_rng(1)
     rows = ["object,split,label,image,mask"]
     for kind, n in (("Normal", 2), ("Anomaly", 2)):
@@ -113,6 +113,11 @@ def test_visa_layout_runs_with_its_split_csv(tmp_path, models_dir):
             rows.append(f"candle,test,{'anomaly' if kind == 'Anomaly' else 'normal'},{rel},{mask}")
     (root / "split_csv").mkdir()
     (root / "split_csv/1cls.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_visa_layout_runs_with_its_split_csv(tmp_path, models_dir):
+    root = write_visa_candles(tmp_path / "visa")
     code, report, _ = run_saa(str(root), str(tmp_path / "s"), str(tmp_path / "o"), models_dir, dataset="visa",
                               *("--set", "region_generator=oracle", "--set", "refiner=oracle"))
     assert code == 0 and len(report["images"]) == 4
