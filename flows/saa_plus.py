@@ -47,9 +47,10 @@ def _category(ctx: RunContext, run: RunState, cfg: SAAPlusConfig, cp: CategoryPr
                                        cfg.single_instance_size, cfg.multi_instance_size)
         images = run.absorb(ctx, saliency, images)
     scoring = ScoringRule(k=(cfg.k or cp.k) if on.confidence else None, fusion=cfg.fusion,
-                       rescore_scale=cfg.rescore_scale, property_on_masks=on.property and cfg.property_on == "masks",
-                       area_threshold=theta, location_constraint=on.property and cfg.location_constraint,
-                       location_min_overlap=cfg.location_min_overlap)
+                          rescore_scale=cfg.rescore_scale,
+                          property_on_masks=on.property and cfg.property_on == "masks", area_threshold=theta,
+                          location_constraint=on.property and cfg.location_constraint,
+                          location_min_overlap=cfg.location_min_overlap)
     needs_objects = scoring.property_on_masks or scoring.location_constraint
     maps = stages.saa_plus_map(ctx, images, masks.ref, saliency.ref if saliency else None,
                                objects.ref if needs_objects else None, scoring, cfg.eval_resolution)

@@ -116,3 +116,28 @@ def test_report_schema_and_html(synth_root, models_dir, tmp_path):
     assert all(set(i) == {"id", "path", "category", "label", "score"} for i in report["images"])
     html = open(tmp_path / "o" / "report.html").read()
     assert "Stand-in models" in html and "data:image/png;base64" in html and "image_embedding" in html
+
+
+def test_store_ls_and_gc_commands_on_a_used_store(synth_root, models_dir, tmp_path):
+    from tests.flow_helpers import run_cli
+
+    store = str(tmp_path / "store")
+    run_saa(synth_root, store, str(tmp_path / "o1"), models_dir)
+    run_saa(synth_root, store, str(tmp_path / "o2"), models_dir, "--set", "fusion=mean")
+    code, listing = run_cli("store", "ls", "--store", store)
+    assert code == 0 and "6 artifacts" in listing            # five stages + the second anomaly_map
+    assert '"fusion":"mean"' in listing and "image_embedding" in listing
+    code, out = run_cli("store", "gc", "--store", store, "--grace-minutes", "0", "--dry-run")
+    assert code == 0 and "would remove 0 artifacts" in out  # both runs still name every artifact
+    code, out = run_cli("store", "gc", "--store", store, "--grace-minutes", "0", "--keep-runs", "1")
+    assert code == 0 and "removed 1 artifacts" in out and "anomaly_map/" in out
+    code, listing = run_cli("store", "ls", "--store", store)
+    assert "5 artifacts" in listing and '"fusion":"mean"' in listing
+
+
+def test_synth_command_writes_mvtec_layout(tmp_path):
+    from tests.flow_helpers import run_cli
+
+    code, out = run_cli("synth", "--out", str(tmp_path / "d"), "--categories", "3", "--images", "6", "--size", "64")
+    assert code == 0 and "synth_multi" in out
+    assert len(list((tmp_path / "d").rglob("ground_truth/*/*_mask.png"))) == 3 * 4

@@ -20,8 +20,8 @@ def _table(tmp_path, captions=("crack",), n_multi=3):
     return str(path)
 
 
-def _plus(root, store, out, models_dir, *extra):
-    return run_saa(root, store, out, models_dir, *extra, method="saa-plus")
+def _plus(root, store, out, models_dir, *extra, dataset="mvtec"):
+    return run_saa(root, store, out, models_dir, *extra, method="saa-plus", dataset=dataset)
 
 
 def test_saa_plus_runs_caches_and_reuses_per_caption(synth_root, models_dir, tmp_path, counters):
@@ -85,3 +85,17 @@ def test_ablate_writes_all_variants_from_one_cache(synth_root, models_dir, tmp_p
         stages = {s["name"]: s for s in summary["variants"][variant]["stages"]}
         assert all(s["computed"] == 0 for name, s in stages.items() if name != "saa_plus_map")
     assert "no_saliency" in (out / "ablation.md").read_text()
+
+
+def test_saa_plus_on_visa_layout_uses_the_visa_table(tmp_path, models_dir):
+    """candle is in the VisA table: its expert captions run, and n = 4 asks for the multi-object saliency."""
+    from tests.test_bad_input import write_visa_candles
+
+    root = write_visa_candles(tmp_path / "visa")
+    code, report, _ = _plus(str(root), str(tmp_path / "s"), str(tmp_path / "o"), models_dir,
+                            "--set", "multi_instance_size=128", "--save-maps", str(tmp_path / "m"), dataset="visa")
+    assert code == 0 and report["notes"] == [] and len(report["images"]) == 4
+    n = len(report["images"])
+    # 3 general captions + the candle caption (five phrases, one caption) + the object prompt
+    assert stage_counts(report)["grounding_detections"] == (5 * n, 0)
+    assert sorted(p.name for p in (tmp_path / "m" / "candle" / "test" / "bad").iterdir()) == ["000.tiff", "001.tiff"]
