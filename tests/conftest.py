@@ -12,10 +12,13 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import socket  # noqa: E402
+
 import pytest  # noqa: E402
 
 from tasks.datasets.synth import write_synthetic_mvtec  # noqa: E402
 from tasks.models import calls  # noqa: E402
+from tasks.models.loading import clear_model_cache  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +42,21 @@ def counters():
     calls.reset_counters()
     yield calls
     calls.reset_counters()
+
+
+@pytest.fixture
+def fresh_models():
+    """Start with no memoised model and zeroed counters; forget the models afterwards."""
+    clear_model_cache()
+    calls.reset_counters()
+    yield
+    clear_model_cache()
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a connection fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args}")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)

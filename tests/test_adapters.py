@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import socket
 
 import numpy as np
 import pytest
@@ -16,21 +15,7 @@ from tasks.models.loading import (RANDOM_PREFIX, clear_model_cache, load_groundi
 from tasks.models.weights import WeightsMissingError
 
 
-@pytest.fixture(autouse=True)
-def _fresh():
-    clear_model_cache()
-    calls.reset_counters()
-    yield
-    clear_model_cache()
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any attempt to open a connection fails the test."""
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args}")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
+pytestmark = pytest.mark.usefixtures("fresh_models")
 
 
 def _images(seed: int = 0, sizes=((100, 150), (300, 200))) -> list[np.ndarray]:

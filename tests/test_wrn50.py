@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import socket
 
 import numpy as np
 import pytest
@@ -16,20 +15,7 @@ from tasks.models.weights import WeightsMissingError
 from tasks.models.wrn50 import build_wrn50_model, layer1_grid
 
 
-@pytest.fixture(autouse=True)
-def _fresh():
-    clear_model_cache()
-    calls.reset_counters()
-    yield
-    clear_model_cache()
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args}")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
+pytestmark = pytest.mark.usefixtures("fresh_models")
 
 
 def _images(seed: int = 0, sizes=((50, 70), (90, 60), (64, 64))) -> list[np.ndarray]:

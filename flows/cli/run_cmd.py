@@ -14,6 +14,20 @@ DEFAULT_STORE = os.environ.get("ANOMFLOW_STORE", str(Path.home() / ".cache" / "a
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
+# Options shared by `run` and `ablate` (typer reads these markers as defaults; one definition each).
+DATASET = typer.Option(..., "--dataset", help="mvtec | visa | folder")
+ROOT = typer.Option(..., "--root", help="dataset root folder")
+CATEGORY = typer.Option(None, "--category", help="restrict to these categories (repeat)")
+STORE = typer.Option(DEFAULT_STORE, "--store", help="Zarr store: a local path or any fsspec URL")
+OVERRIDES = typer.Option(None, "--set", help="config override key=value (repeat)")
+MODELS_DIR = typer.Option(None, "--models-dir", help="weights folder [$ANOMFLOW_MODELS_DIR]")
+RANDOM_WEIGHTS = typer.Option(False, "--random-weights",
+                              help="official architectures, seeded random weights (benchmarks)")
+ALLOW_TINY = typer.Option(False, "--allow-tiny", help="use tiny-* stand-ins for absent official weights")
+BATCH_SIZE = typer.Option(None, "--batch-size", help="images per model batch")
+DEVICE = typer.Option("cpu", "--device", help="torch device, e.g. cuda")
+PROGRESS = typer.Option(True, "--progress/--no-progress", help="progress bars on long stages")
+
 
 def fail_usage(message: str) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
@@ -61,19 +75,19 @@ def execute(method: str, dataset: str, root: str, categories: list[str] | None, 
 
 def run(
     method: str = typer.Argument(..., help="method to run: saa | saa-plus"),
-    dataset: str = typer.Option(..., "--dataset", help="mvtec | visa | folder"),
-    root: str = typer.Option(..., "--root", help="dataset root folder"),
-    category: Optional[list[str]] = typer.Option(None, "--category", help="restrict to these categories (repeat)"),
-    store: str = typer.Option(DEFAULT_STORE, "--store", help="Zarr store: a local path or any fsspec URL"),
+    dataset: str = DATASET,
+    root: str = ROOT,
+    category: Optional[list[str]] = CATEGORY,
+    store: str = STORE,
     out: str = typer.Option("anomflow-out", "--out", help="folder for report.json and report.html"),
-    overrides: Optional[list[str]] = typer.Option(None, "--set", help="config override key=value (repeat)"),
-    models_dir: Optional[str] = typer.Option(None, "--models-dir", help="weights folder [$ANOMFLOW_MODELS_DIR]"),
+    overrides: Optional[list[str]] = OVERRIDES,
+    models_dir: Optional[str] = MODELS_DIR,
     save_maps: Optional[str] = typer.Option(None, "--save-maps", help="write float32 TIFF maps here"),
-    random_weights: bool = typer.Option(False, "--random-weights", help="official architectures, seeded random weights (benchmarks)"),
-    allow_tiny: bool = typer.Option(False, "--allow-tiny", help="use tiny-* stand-ins for absent official weights"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="images per model batch"),
-    device: str = typer.Option("cpu", "--device", help="torch device, e.g. cuda"),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bars on long stages"),
+    random_weights: bool = RANDOM_WEIGHTS,
+    allow_tiny: bool = ALLOW_TINY,
+    batch_size: Optional[int] = BATCH_SIZE,
+    device: str = DEVICE,
+    progress: bool = PROGRESS,
 ) -> None:
     """Run METHOD on a dataset; writes report.json/html to --out. Exit 0 ok, 3 some items failed, 2 usage."""
     outcome = execute(method, dataset, root, category, store, out, overrides or [], models_dir, save_maps,
@@ -84,7 +98,7 @@ def run(
 
 def demo(
     out: str = typer.Option("demo-out", "--out", help="folder for the synthetic data, the store and the report"),
-    models_dir: Optional[str] = typer.Option(None, "--models-dir", help="weights folder [$ANOMFLOW_MODELS_DIR]"),
+    models_dir: Optional[str] = MODELS_DIR,
     images: int = typer.Option(8, "--images", help="test images per category"),
 ) -> None:
     """Synthesise a small MVTec-layout dataset, run SAA on it (official weights if present, else tiny), summarise."""
@@ -101,19 +115,19 @@ def demo(
 
 def ablate(
     method: str = typer.Argument(..., help="method to ablate: saa-plus"),
-    dataset: str = typer.Option(..., "--dataset", help="mvtec | visa | folder"),
-    root: str = typer.Option(..., "--root", help="dataset root folder"),
-    category: Optional[list[str]] = typer.Option(None, "--category", help="restrict to these categories (repeat)"),
-    store: str = typer.Option(DEFAULT_STORE, "--store", help="Zarr store: a local path or any fsspec URL"),
+    dataset: str = DATASET,
+    root: str = ROOT,
+    category: Optional[list[str]] = CATEGORY,
+    store: str = STORE,
     out: str = typer.Option("anomflow-out/ablation", "--out", help="folder for ablation.md/json and each variant"),
-    overrides: Optional[list[str]] = typer.Option(None, "--set", help="config override key=value (repeat)"),
-    models_dir: Optional[str] = typer.Option(None, "--models-dir", help="weights folder [$ANOMFLOW_MODELS_DIR]"),
+    overrides: Optional[list[str]] = OVERRIDES,
+    models_dir: Optional[str] = MODELS_DIR,
     variant: Optional[list[str]] = typer.Option(None, "--variant", help="run only these variants (repeat)"),
-    random_weights: bool = typer.Option(False, "--random-weights", help="official architectures, random weights"),
-    allow_tiny: bool = typer.Option(False, "--allow-tiny", help="use tiny-* stand-ins for absent official weights"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="images per model batch"),
-    device: str = typer.Option("cpu", "--device", help="torch device, e.g. cuda"),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bars on long stages"),
+    random_weights: bool = RANDOM_WEIGHTS,
+    allow_tiny: bool = ALLOW_TINY,
+    batch_size: Optional[int] = BATCH_SIZE,
+    device: str = DEVICE,
+    progress: bool = PROGRESS,
 ) -> None:
     """Run the paper's Table 2 variants (vanilla SAA, SAA+, and SAA+ without each prompt kind) on one cache."""
     from functools import partial
