@@ -132,6 +132,10 @@ class ArtifactStore:
         arrays = {name: arr[...] for name, arr in group.arrays()}
         return ItemData(arrays, meta)
 
+    def read_array(self, ref: ArtifactRef, item: str, write_id: str, name: str) -> np.ndarray:
+        """One array of one committed item (the others are not read)."""
+        return zarr.open_array(self.zstore, path=f"{ref.path}/{item}/{write_id}/{name}", mode="r")[...]
+
     def open(self, ref: ArtifactRef) -> "ArtifactView":
         return ArtifactView(self, ref, self.committed_items(ref))
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import yaml
+
+from stores import ArtifactStore
 
 from tests.flow_helpers import run_cli, run_saa, stage_counts
 
@@ -99,3 +102,40 @@ def test_saa_plus_on_visa_layout_uses_the_visa_table(tmp_path, models_dir):
     # 3 general captions + the candle caption (five phrases, one caption) + the object prompt
     assert stage_counts(report)["grounding_detections"] == (5 * n, 0)
     assert sorted(p.name for p in (tmp_path / "m" / "candle" / "test" / "bad").iterdir()) == ["000.tiff", "001.tiff"]
+
+
+def _run_artifacts(store: ArtifactStore, run_id: str, stage: str) -> list:
+    """The refs of a stage's artifacts that a run used (one per category for per-category stages)."""
+    record = dict(store.iter_runs())[run_id]
+    return [store.ref(stage, a.split("/", 1)[1]) for a in record["artifacts"] if a.startswith(stage + "/")]
+
+
+def _items(store: ArtifactStore, refs: list, name: str) -> dict[str, np.ndarray]:
+    views = [store.open(ref) for ref in refs]
+    return {item: view.read(item).arrays[name] for view in views for item in view.committed}
+
+
+def test_a_variant_decodes_only_the_boxes_no_earlier_pass_decoded(synth_root, models_dir, tmp_path):
+    """SAA+ then "without property prompt": its extra boxes are decoded, the rest come from the SAM mask memo,
+    and the masks equal a from-scratch run's."""
+    path = str(tmp_path / "store")
+    _, full, _ = _plus(synth_root, path, str(tmp_path / "o1"), models_dir)
+    store = ArtifactStore(path)
+    seen: dict[str, set[bytes]] = {}
+    for item, boxes in _items(store, _run_artifacts(store, full["run_id"], "sam_box_masks"), "boxes").items():
+        seen.setdefault(item.split(".")[0], set()).update(row.tobytes() for row in boxes)
+
+    _, variant, _ = _plus(synth_root, path, str(tmp_path / "o2"), models_dir, "--set", "prompts.property=false")
+    detail = {s["name"]: s for s in variant["stages"]}["defect_masks"]["detail"]
+    wanted = _items(store, _run_artifacts(store, variant["run_id"], "defect_boxes"), "boxes")
+    unseen = sum(len({row.tobytes() for row in boxes} - seen.get(image, set())) for image, boxes in wanted.items())
+    assert detail["boxes_decoded"] == unseen, (detail, unseen)
+    assert detail["boxes_from_memo"] > 0 and detail["boxes_from_memo"] + unseen <= sum(map(len, wanted.values()))
+
+    _plus(synth_root, str(tmp_path / "fresh"), str(tmp_path / "o3"), models_dir, "--set", "prompts.property=false")
+    masks_refs = _run_artifacts(store, variant["run_id"], "defect_masks")
+    via_memo = _items(store, masks_refs, "masks")
+    from_scratch = _items(ArtifactStore(str(tmp_path / "fresh")), masks_refs, "masks")   # same keys, other store
+    assert via_memo.keys() == from_scratch.keys()
+    for image in via_memo:
+        np.testing.assert_array_equal(via_memo[image], from_scratch[image])

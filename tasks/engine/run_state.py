@@ -65,7 +65,7 @@ class RunState:
             self.stages.append(result.stats)
         else:
             merged.merge(result.stats)
-        self.artifacts.append(result.ref)
+        self.artifacts.extend((result.ref, *result.side_refs))
         self.record(ctx, "running")
         return self.tracker.drop(result.failures)
 

@@ -54,12 +54,15 @@ class StageStats:
     reused: int = 0
     failed: int = 0
     seconds: float = 0.0
+    detail: dict[str, int] = field(default_factory=dict)   # stage-specific counts, e.g. boxes_decoded
 
     def merge(self, other: "StageStats") -> None:
         self.computed += other.computed
         self.reused += other.reused
         self.failed += other.failed
         self.seconds += other.seconds
+        for name, count in other.detail.items():
+            self.detail[name] = self.detail.get(name, 0) + count
 
 
 @dataclass
@@ -67,6 +70,7 @@ class StageResult:
     ref: ArtifactRef
     stats: StageStats
     failures: dict[str, str] = field(default_factory=dict)  # image id -> reason
+    side_refs: tuple[ArtifactRef, ...] = ()   # auxiliary artifacts the stage wrote (a memo); runs keep them
 
 
 ComputeFn = Callable[[list[WorkItem]], Sequence[ItemData]]

@@ -42,7 +42,8 @@ def build_report(method: str, config: dict, models: list[dict], dataset: dict, c
         "images": [img for c in categories for img in c.images],
         "failures": [{"path": p, "reason": r} for p, r in sorted(all_failures.items())],
         "stages": [{"name": s.name, "computed": s.computed, "reused": s.reused, "failed": s.failed,
-                    "seconds": round(s.seconds, 3)} for s in stages],
+                    "seconds": round(s.seconds, 3), **({"detail": s.detail} if s.detail else {})}
+                   for s in stages],
         "wall_seconds": round(wall_seconds, 3),
         "model_load_seconds": model_load_seconds,
     }

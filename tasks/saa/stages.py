@@ -5,6 +5,7 @@ Artifacts (all per image unless noted):
   grounding_detections  per (image, caption): boxes Q x 4 cxcywh, logits Q x T, token_ids T
   defect_boxes          boxes N x 4 xyxy px, scores N, caption N       meta: height, width, phrases
   defect_masks          masks N x H x W bool, scores N   (refine_boxes; also object_masks for SAA+)
+  sam_box_masks         per (image, decode call): boxes K x 4, masks K x H x W  (memo behind refine_boxes)
   anomaly_map           map R x R float32 (R = eval_resolution)
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tasks.engine.runner import StageDef, StageResult, WorkItem, run_stage
 from tasks.models.grounding_dino import normalize_caption
 from tasks.models.loading import load_grounding_dino, load_sam, model_identity
 from tasks.saa import fusion, regions
+from tasks.saa.mask_memo import BoxMaskMemo, memo_stage
 
 stage_task = task(cache_policy=NO_CACHE, persist_result=False)
 
@@ -144,37 +146,41 @@ def refine_boxes(ctx: RunContext, images: list[ImageItem], boxes: ArtifactRef, e
 
     produces: the artifact name (defect_masks, object_masks). zero_mask_when_empty: no surviving box ->
     one all-zero mask with score 0, as the official code does for defects; otherwise zero masks.
+    SAM decodes go through the per-(image, box) memo, so boxes decoded by any earlier pass are not decoded again.
     """
-    models = (_identity(ctx, sam_name),) if refiner == "sam" else ()
+    sam_id = _identity(ctx, sam_name) if refiner == "sam" else None
     upstream = (boxes, embeddings) if refiner == "sam" else (boxes,)
     params = {"refiner": refiner, "multimask": False, "zero_mask_when_empty": zero_mask_when_empty}
-    stage = StageDef(produces, 1, params, models, upstream)
+    stage = StageDef(produces, 1, params, (sam_id,) if sam_id else (), upstream)
     box_view = ctx.store.open(boxes)
     emb_view = ctx.store.open(embeddings) if refiner == "sam" else None
+    memo = BoxMaskMemo(ctx.store, memo_stage(sam_id, embeddings)) if refiner == "sam" else None
+
+    def decoder(image_id: str, hw: tuple[int, int]):
+        def decode(new_boxes: np.ndarray) -> np.ndarray:
+            sam = load_sam(sam_name, ctx.models_dir, ctx.random_weights, ctx.device)
+            masks, _ = sam.predict(emb_view.read(image_id).arrays["embedding"], hw, boxes=new_boxes, multimask=False)
+            return masks[:, 0]
+        return decode
 
     def compute(batch: list[WorkItem]) -> list[ItemData]:
         results = []
         for w in batch:
             b = box_view.read(w.image)
             hw = (b.meta["height"], b.meta["width"])
-            masks = _refine(b.arrays["boxes"], hw, w.image, emb_view, refiner, sam_name, ctx)
+            masks = (memo.masks_for(w.image, b.arrays["boxes"], hw, decoder(w.image, hw)) if memo
+                     else regions.box_masks(b.arrays["boxes"], hw))
             scores = b.arrays["scores"]
             if len(masks) == 0 and zero_mask_when_empty:
                 masks, scores = np.zeros((1, *hw), bool), np.zeros(1, np.float32)
             results.append(ItemData({"masks": masks, "scores": scores.astype(np.float32)}))
         return results
 
-    return run_stage(ctx.store, stage, _per_image(images), compute, ctx.batch_size, ctx.progress)
-
-
-def _refine(boxes: np.ndarray, hw: tuple[int, int], image_id: str, emb_view, refiner: str, sam_name: str,
-            ctx: RunContext) -> np.ndarray:
-    if refiner == "oracle" or len(boxes) == 0:
-        return regions.box_masks(boxes, hw)
-    embedding = emb_view.read(image_id).arrays["embedding"]
-    sam = load_sam(sam_name, ctx.models_dir, ctx.random_weights, ctx.device)
-    masks, _ = sam.predict(embedding, hw, boxes=boxes, multimask=False)
-    return masks[:, 0]
+    result = run_stage(ctx.store, stage, _per_image(images), compute, ctx.batch_size, ctx.progress)
+    if memo:
+        result.stats.detail.update(boxes_decoded=memo.decoded, boxes_from_memo=memo.reused)
+        result.side_refs = (memo.ref,)
+    return result
 
 
 @stage_task
