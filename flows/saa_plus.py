@@ -11,34 +11,51 @@ from tasks.engine.run_state import DatasetSpec, RunState, start_run
 from tasks.report.finish import finish_run
 from tasks.saa import stages as saa
 from tasks.saa.regions import BoxFilter
-from tasks.saa_plus import stages
+from tasks.saa_plus import oracle, stages
 from tasks.saa_plus.config import SAAPlusConfig
 from tasks.saa_plus.expert import CategoryPrompts, load_table, prompts_for
 from tasks.saa_plus.scoring import ScoringRule
 
 
+def _uses(cfg: SAAPlusConfig) -> tuple[bool, bool]:
+    """(SAM needed, GroundingDINO needed) given the stage slots and the prompt switches."""
+    gdino_objects = cfg.prompts.property and cfg.object_generator == "grounding_dino"
+    return cfg.refiner == "sam" or gdino_objects, cfg.region_generator == "grounding_dino" or gdino_objects
+
+
 def _category(ctx: RunContext, run: RunState, cfg: SAAPlusConfig, cp: CategoryPrompts, images: list[ImageItem],
-              embeddings: ArtifactRef) -> ArtifactRef:
+              embeddings: ArtifactRef | None) -> ArtifactRef:
     """One category's chain; its parameters (captions, n, K, θ) come from the expert table."""
     on = cfg.prompts
-    captions = [c for c, _ in cp.captions] + ([cp.object_prompt] if on.property else [])
-    detections = saa.grounding_detections(ctx, images, cfg.models.detector, captions)
+    gdino_objects = on.property and cfg.object_generator == "grounding_dino"
+    captions = ([c for c, _ in cp.captions] if cfg.region_generator == "grounding_dino" else []) + \
+        ([cp.object_prompt] if gdino_objects else [])
+    detections = saa.grounding_detections(ctx, images, cfg.models.detector, captions) if captions else None
     images = run.absorb(ctx, detections, images)
-    objects = None
-    if on.property:
+    obj_boxes = objects = None
+    if gdino_objects:
         obj_boxes = stages.object_boxes(ctx, images, detections.ref, cp.object_prompt, cp.object_count,
                                         cfg.box_threshold, cfg.text_threshold)
         images = run.absorb(ctx, obj_boxes, images)
         objects = saa.refine_boxes(ctx, images, obj_boxes.ref, embeddings, "sam", cfg.models.sam,
                                    produces="object_masks", zero_mask_when_empty=False)
         images = run.absorb(ctx, objects, images)
+    elif on.property:
+        obj_boxes = oracle.oracle_object_boxes(ctx, images)
+        images = run.absorb(ctx, obj_boxes, images)
+        objects = oracle.oracle_object_masks(ctx, images)
+        images = run.absorb(ctx, objects, images)
     theta = cfg.area_threshold or cp.area_threshold
     on_boxes = on.property and cfg.property_on == "boxes"
-    rule = BoxFilter(cfg.box_threshold, cfg.text_threshold, max_boxes=cfg.max_boxes_per_caption)
-    candidates = saa.defect_boxes(ctx, images, detections.ref, cfg.models.detector, cp.captions, rule,
-                                  obj_boxes.ref if on_boxes else None, theta if on_boxes else None)
+    if cfg.region_generator == "grounding_dino":
+        rule = BoxFilter(cfg.box_threshold, cfg.text_threshold, max_boxes=cfg.max_boxes_per_caption)
+        candidates = saa.defect_boxes(ctx, images, detections.ref, cfg.models.detector, cp.captions, rule,
+                                      obj_boxes.ref if on_boxes else None, theta if on_boxes else None)
+    else:
+        candidates = saa.oracle_defect_boxes(ctx, images, obj_boxes.ref if on_boxes else None,
+                                             theta if on_boxes else None)
     images = run.absorb(ctx, candidates, images)
-    masks = saa.refine_boxes(ctx, images, candidates.ref, embeddings, "sam", cfg.models.sam)
+    masks = saa.refine_boxes(ctx, images, candidates.ref, embeddings, cfg.refiner, cfg.models.sam)
     images = run.absorb(ctx, masks, images)
     saliency = None
     if on.saliency:
@@ -61,11 +78,13 @@ def _category(ctx: RunContext, run: RunState, cfg: SAAPlusConfig, cp: CategoryPr
 @flow(name="saa-plus", persist_result=False)
 def saa_plus_flow(config: SAAPlusConfig, ctx: RunContext, dataset: DatasetSpec, out_dir: str,
                   save_maps_dir: str | None = None) -> dict:
-    models = [config.models.sam, config.models.detector] + [config.models.saliency] * config.prompts.saliency
+    uses_sam, uses_gdino = _uses(config)
+    models = [config.models.sam] * uses_sam + [config.models.detector] * uses_gdino + \
+        [config.models.saliency] * config.prompts.saliency
     run = start_run(ctx, "saa-plus", config.model_dump(mode="json"), dataset, models)
     table_name = dataset.kind if config.expert_table == "auto" else config.expert_table
     table = load_table(table_name) if table_name not in ("folder", "none") else None
-    embeddings = saa.image_embedding(ctx, run.alive, config.models.sam, config.color_order)
+    embeddings = saa.image_embedding(ctx, run.alive, config.models.sam, config.color_order) if uses_sam else None
     run.absorb(ctx, embeddings)
     by_category: dict[str, list[ImageItem]] = defaultdict(list)
     for item in run.alive:
@@ -75,5 +94,5 @@ def saa_plus_flow(config: SAAPlusConfig, ctx: RunContext, dataset: DatasetSpec, 
         cp = prompts_for(table, category, language=config.prompts.language)
         if cp.warning:
             run.notes.append(cp.warning)
-        maps[category] = _category(ctx, run, config, cp, images, embeddings.ref)
+        maps[category] = _category(ctx, run, config, cp, images, embeddings.ref if embeddings else None)
     return finish_run(ctx, run, maps, config.eval_resolution, config.normalise, out_dir, save_maps_dir)

@@ -201,6 +201,21 @@ def read_mask(path: str, expected_hw: tuple[int, int], *, root: str | None = Non
     return _open_decoded(path, root, max_pixels, to_mask_array, check_size)
 
 
+def read_label_map(path: str, expected_hw: tuple[int, int], *, root: str | None = None,
+                   max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an 8-bit label image (0 = background, i = instance i) as ``H x W`` uint8, or raise ``ImageError``."""
+    def check_size(w: int, h: int) -> None:
+        if (h, w) != tuple(int(v) for v in expected_hw):
+            raise ImageError(path, f"label map size {w}x{h} differs from image size {expected_hw[1]}x{expected_hw[0]}")
+
+    def convert(img: Image.Image) -> np.ndarray:
+        if img.mode not in ("L", "P"):
+            raise ImageError(path, f"label map must be 8-bit single channel, got mode {img.mode}")
+        return np.asarray(img, np.uint8).copy()
+
+    return _open_decoded(path, root, max_pixels, convert, check_size)
+
+
 def file_sha256(path: str) -> str:
     """Hex sha256 of a file's bytes, streamed in 1 MiB chunks; ``ImageError`` if unreadable."""
     path = os.fspath(path)

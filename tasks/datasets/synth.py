@@ -29,6 +29,7 @@ from PIL import Image
 KINDS = ("texture", "object", "multi")
 DEFECTS = ("scratch", "hole", "stain", "missing_piece")
 MARKER = ".anomflow_synth"
+OBJECT_LABELS = "object_labels"   # sidecar folder of object label PNGs (oracle object masks)
 _STAIN_COLOURS = ((150, 85, 20), (30, 90, 180), (160, 30, 130), (50, 150, 40))
 
 
@@ -183,14 +184,36 @@ def render_sample(category_index: int, defect: str | None = None, *, seed: int =
     category_index picks the kind (``KINDS[i % 3]``) and the category's colours; defect None
     gives a normal image (image == clean, empty mask).
     """
+    clean, image, mask, _ = render_sample_with_objects(category_index, defect, seed=seed, sample_index=sample_index,
+                                                       split=split, size=size)
+    return clean, image, mask
+
+
+def render_sample_with_objects(category_index: int, defect: str | None = None, *, seed: int = 0,
+                               sample_index: int = 0, split: str = "test", size: int = 128):
+    """:func:`render_sample` plus the object labels HxW uint8 (0 = background, i = object i; a texture is one
+    object covering the image), the ground truth for oracle object masks."""
     style = _make_style(seed, category_index)
     code = 0 if defect is None else 1 + DEFECTS.index(defect)
     rng = np.random.default_rng([seed, category_index, 0 if split == "train" else 1, code, sample_index])
     clean, background, objects = _render_normal(style, rng, size)
+    labels = np.zeros((size, size), np.uint8)
+    for i, (_, _, _, object_mask) in enumerate(objects, start=1):
+        labels[object_mask & (labels == 0)] = i
     if defect is None:
-        return clean, clean.copy(), np.zeros((size, size), bool)
+        return clean, clean.copy(), np.zeros((size, size), bool), labels
     image, mask = _plant(defect, clean, background, objects, style, rng)
-    return clean, image, mask
+    return clean, image, mask, labels
+
+
+def object_labels_path(relpath: str) -> str:
+    """Where the synthetic writer puts an image's object labels: ``<cat>/object_labels/<split>/<defect>/<stem>.png``
+    for the image ``<cat>/<split>/<defect>/<name>`` (relative to the dataset root; not part of the MVTec layout)."""
+    parts = relpath.replace(os.sep, "/").split("/")
+    if len(parts) != 4:
+        raise ValueError(f"{relpath}: not <category>/<split>/<defect>/<name>")
+    category, split, defect, name = parts
+    return "/".join((category, OBJECT_LABELS, split, defect, name.rsplit(".", 1)[0] + ".png"))
 
 
 def _save_png(arr: np.ndarray, path: str) -> None:
@@ -215,6 +238,7 @@ def write_synthetic_mvtec(out_dir: str, categories: int = 3, images: int = 8, se
 
     images: test images per category (max(1, images // 3) good, the rest cycle through
     DEFECTS); train/good also gets ``images`` normal images. size: image side in pixels.
+    Each test image's object labels go to ``object_labels_path(relpath)`` (for oracle object masks).
     A category folder from an earlier run is replaced; any other existing non-empty folder
     of the same name raises ``FileExistsError``.
     """
@@ -231,14 +255,16 @@ def write_synthetic_mvtec(out_dir: str, categories: int = 3, images: int = 8, se
             _, img, _ = render_sample(ci, None, seed=seed, sample_index=i, split="train", size=size)
             _save_png(img, os.path.join(cat_dir, "train", "good", f"{i:03d}.png"))
         for i in range(n_good):
-            _, img, _ = render_sample(ci, None, seed=seed, sample_index=i, size=size)
+            _, img, _, labels = render_sample_with_objects(ci, None, seed=seed, sample_index=i, size=size)
             _save_png(img, os.path.join(cat_dir, "test", "good", f"{i:03d}.png"))
+            _save_png(labels, os.path.join(out_dir, object_labels_path(f"{name}/test/good/{i:03d}.png")))
         counts = dict.fromkeys(DEFECTS, 0)
         for j in range(images - n_good):
             defect = DEFECTS[j % len(DEFECTS)]
             k = counts[defect]
             counts[defect] += 1
-            _, img, mask = render_sample(ci, defect, seed=seed, sample_index=k, size=size)
+            _, img, mask, labels = render_sample_with_objects(ci, defect, seed=seed, sample_index=k, size=size)
             _save_png(img, os.path.join(cat_dir, "test", defect, f"{k:03d}.png"))
             _save_png(mask.astype(np.uint8) * 255, os.path.join(cat_dir, "ground_truth", defect, f"{k:03d}_mask.png"))
+            _save_png(labels, os.path.join(out_dir, object_labels_path(f"{name}/test/{defect}/{k:03d}.png")))
     return names

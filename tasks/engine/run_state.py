@@ -55,7 +55,7 @@ class RunState:
                within: list[ImageItem] | None = None) -> list[ImageItem]:
         """Take a stage's statistics and failures; returns the images still in the run (of ``within``)."""
         if result is None:
-            return self.alive
+            return self.alive if within is None else within
         if within is not None:
             self.absorb(ctx, result)
             alive = {i.image_id for i in self.alive}

@@ -84,6 +84,12 @@ def oracle_boxes(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return boxes_arr, np.ones(n, np.float32)
 
 
+def smaller_than(boxes: np.ndarray, image_hw: tuple[int, int], max_area: float) -> np.ndarray:
+    """Bool N: normalised area w*h of each xyxy pixel box < max_area (the rule ``filter_queries`` applies)."""
+    h, w = image_hw
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / float(h * w) < max_area
+
+
 def box_masks(boxes: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
     """Oracle refiner: each box filled. boxes N x 4 xyxy (exclusive max) -> N x H x W bool."""
     h, w = image_hw

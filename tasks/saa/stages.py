@@ -120,9 +120,14 @@ def defect_boxes(ctx: RunContext, images: list[ImageItem], detections: ArtifactR
 
 
 @stage_task
-def oracle_defect_boxes(ctx: RunContext, images: list[ImageItem]) -> StageResult:
-    """Swappable region generator: one box per ground-truth component (tests check downstream logic)."""
-    stage = StageDef("defect_boxes", 1, {"generator": "oracle"})
+def oracle_defect_boxes(ctx: RunContext, images: list[ImageItem], objects: ArtifactRef | None = None,
+                        area_threshold: float | None = None) -> StageResult:
+    """Swappable region generator: one box per ground-truth component (tests check downstream logic).
+
+    objects / area_threshold: the property prompt on boxes, as in :func:`defect_boxes`."""
+    stage = StageDef("defect_boxes", 1, {"generator": "oracle", "area_threshold": area_threshold if objects else None},
+                     upstream=(objects,) if objects else ())
+    obj_view = ctx.store.open(objects) if objects else None
 
     def compute(batch: list[WorkItem]) -> list[ItemData]:
         results = []
@@ -131,6 +136,9 @@ def oracle_defect_boxes(ctx: RunContext, images: list[ImageItem]) -> StageResult
             hw = read_image(rec.path, ctx.dataset_root).shape[:2]
             mask = read_mask(rec.mask_path, hw) if rec.mask_path else np.zeros(hw, bool)
             boxes, scores = regions.oracle_boxes(mask)
+            if obj_view and area_threshold:
+                keep = regions.smaller_than(boxes, hw, area_threshold * obj_view.read(w.image).meta["object_area"])
+                boxes, scores = boxes[keep], scores[keep]
             results.append(ItemData({"boxes": boxes, "scores": scores, "caption": np.zeros(len(boxes), np.int32)},
                                     {"height": hw[0], "width": hw[1], "phrases": ["ground truth"] * len(boxes)}))
         return results

@@ -27,6 +27,10 @@ class SAAPlusConfig(StrictModel):
     models: SAAPlusModels = SAAPlusModels()
     prompts: PromptSwitches = PromptSwitches()
     expert_table: str = "auto"          # auto (by --dataset) | mvtec | visa | none | path to a YAML file
+    # swappable stage slots; "oracle" = ground truth (synthetic data only for objects), for exact tests
+    region_generator: Literal["grounding_dino", "oracle"] = "grounding_dino"   # defect boxes
+    refiner: Literal["sam", "oracle"] = "sam"                                  # defect boxes -> masks
+    object_generator: Literal["grounding_dino", "oracle"] = "grounding_dino"   # object boxes + masks
     box_threshold: float = Field(0.1, ge=0.0, le=1.0)
     text_threshold: float = Field(0.1, ge=0.0, le=1.0)
     max_boxes_per_caption: int | None = Field(None, ge=1)
