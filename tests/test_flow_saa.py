@@ -57,7 +57,7 @@ def test_added_images_are_the_only_ones_computed(tmp_path, models_dir, counters)
     from tasks.datasets.synth import write_synthetic_mvtec
 
     write_synthetic_mvtec(str(tmp_path / "src"), categories=1, images=6, seed=3, size=96)
-    sources = sorted((tmp_path / "src").rglob("test/*/*.png"))
+    sources = sorted((tmp_path / "src").glob("*/test/*/*.png"))
     for src in sources[:3]:
         shutil.copy(src, folder / f"{src.parent.name}_{src.name}")
     store = str(tmp_path / "store")

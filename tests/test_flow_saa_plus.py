@@ -87,6 +87,9 @@ def test_ablate_writes_all_variants_from_one_cache(synth_root, models_dir, tmp_p
     for variant in ("no_saliency", "no_confidence"):
         stages = {s["name"]: s for s in summary["variants"][variant]["stages"]}
         assert all(s["computed"] == 0 for name, s in stages.items() if name != "saa_plus_map")
+    no_property = {s["name"]: s for s in summary["variants"]["no_property"]["stages"]}
+    decoded = no_property["defect_masks"]["detail"]
+    assert decoded["boxes_from_memo"] > decoded["boxes_decoded"]   # its boxes mostly decoded by earlier variants
     assert "no_saliency" in (out / "ablation.md").read_text()
 
 

@@ -17,9 +17,11 @@ def fuse_masks(masks: np.ndarray, scores: np.ndarray, mode: str = "official") ->
     official: sum_i m_i s_i / (1 + sum_i m_i)   (the weight map starts at ones, as the released code)
     mean:     sum_i m_i s_i / sum_i m_i where covered, 0 elsewhere   (paper Eq. 9)
     """
-    m = masks.astype(np.float32)
-    weighted = np.tensordot(scores.astype(np.float32), m, axes=1) if len(m) else np.zeros(masks.shape[1:], np.float32)
-    count = m.sum(axis=0) if len(m) else np.zeros(masks.shape[1:], np.float32)
+    weighted = np.zeros(masks.shape[1:], np.float32)
+    count = np.zeros(masks.shape[1:], np.float32)
+    for mask, score in zip(masks, np.asarray(scores, np.float32)):   # one mask at a time: memory O(H x W)
+        weighted[mask] += score
+        count += mask
     if mode == "official":
         return (weighted / (1.0 + count)).astype(np.float32)
     if mode == "mean":
