@@ -126,3 +126,17 @@ def test_saliency_stage_falls_back_when_fewer_than_two_objects(tmp_path):
     assert view.read(items[1].image_id).arrays["map"].shape == (8, 8)      # single size 32 / 4
     multi = view.read(items[0].image_id).arrays["map"]
     assert multi[8:, :].sum() == 0 and multi[1:3, 1:3].min() >= 0         # outside the objects: 0
+
+
+def test_ablation_variants_keep_models_and_stage_slots():
+    from tasks.saa_plus.ablation import variant_config
+    from tasks.saa_plus.config import SAAPlusConfig
+
+    base = SAAPlusConfig(region_generator="oracle", refiner="oracle", color_order="rgb", k=3)
+    vanilla = variant_config(base, "saa")
+    assert (vanilla.region_generator, vanilla.refiner, vanilla.sam_color_order) == ("oracle", "oracle", "rgb")
+    assert vanilla.top_k is None and vanilla.defect_prompts == ["defect"]
+    no_saliency = variant_config(base, "no_saliency")
+    assert no_saliency.prompts.saliency is False and no_saliency.prompts.property and no_saliency.k == 3
+    with pytest.raises(ValueError, match="unknown variant"):
+        variant_config(base, "no_everything")

@@ -22,6 +22,7 @@ def variant_config(base: SAAPlusConfig, variant: str) -> SAAPlusConfig | SAAConf
     """SAA+ with one prompt kind off, the full method, or vanilla SAA on the same models and colour order."""
     if variant == "saa":
         return SAAConfig(models=SAAModels(sam=base.models.sam, detector=base.models.detector),
+                         region_generator=base.region_generator, refiner=base.refiner,
                          box_threshold=base.box_threshold, text_threshold=base.text_threshold,
                          max_boxes_per_caption=base.max_boxes_per_caption, sam_color_order=base.color_order,
                          fusion=base.fusion, eval_resolution=base.eval_resolution, normalise=base.normalise,
