@@ -111,3 +111,16 @@ def test_oracle_saa_plus_maps_are_exact(dataset, models_dir, tmp_path, extra, k,
         assert zero_maps == len(maps)                 # all boxes filtered: every map is zero
     else:
         assert good <= zero_maps < len(maps)          # good images have no boxes; defects light up
+
+
+def test_a_missing_object_label_fails_that_image_only(tmp_path, models_dir):
+    data = tmp_path / "data"
+    write_synthetic_mvtec(str(data), categories=1, images=3, seed=1, size=SIZE)
+    victim = "synth_texture/test/good/000.png"
+    os.remove(data / object_labels_path(victim))
+    code, report, _ = run_saa(str(data), str(tmp_path / "s"), str(tmp_path / "o"), models_dir, *ORACLE,
+                              "--set", "prompts.saliency=false", method="saa-plus")
+    assert code == 3 and len(report["images"]) == 2
+    (failure,) = report["failures"]
+    assert failure["path"].endswith(victim) and "object_labels" in failure["reason"] \
+        and "not found" in failure["reason"]

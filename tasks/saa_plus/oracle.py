@@ -12,6 +12,7 @@ import numpy as np
 
 from stores import ItemData
 from tasks.datasets.image_io import read_image, read_label_map
+from tasks.datasets.records import ImageError
 from tasks.datasets.synth import object_labels_path
 from tasks.engine.context import ImageItem, RunContext
 from tasks.engine.runner import StageDef, StageResult, WorkItem, run_stage
@@ -37,8 +38,11 @@ def boxes_of_masks(masks: np.ndarray) -> np.ndarray:
 def _labels(ctx: RunContext, item: ImageItem) -> np.ndarray:
     rec = item.record
     hw = read_image(rec.path, ctx.dataset_root).shape[:2]
-    root = ctx.dataset_root or os.path.dirname(rec.path)
-    return read_label_map(os.path.join(root, object_labels_path(rec.relpath)), hw, root=ctx.dataset_root)
+    labels_path = os.path.join(ctx.dataset_root or os.path.dirname(rec.path), object_labels_path(rec.relpath))
+    try:
+        return read_label_map(labels_path, hw, root=ctx.dataset_root)
+    except ImageError as exc:   # report it against the image, naming the label file
+        raise ImageError(rec.path, f"object labels {labels_path}: {exc.reason}") from None
 
 
 @stage_task
