@@ -90,7 +90,8 @@ def test_ablate_writes_all_variants_from_one_cache(synth_root, models_dir, tmp_p
     no_property = {s["name"]: s for s in summary["variants"]["no_property"]["stages"]}
     decoded = no_property["defect_masks"]["detail"]
     assert decoded["boxes_from_memo"] > decoded["boxes_decoded"]   # its boxes mostly decoded by earlier variants
-    assert "no_saliency" in (out / "ablation.md").read_text()
+    markdown = (out / "ablation.md").read_text()
+    assert "no_saliency" in markdown and f"boxes from memo {decoded['boxes_from_memo']}" in markdown
 
 
 def test_saa_plus_on_visa_layout_uses_the_visa_table(tmp_path, models_dir):
@@ -128,8 +129,9 @@ def test_a_variant_decodes_only_the_boxes_no_earlier_pass_decoded(synth_root, mo
     for item, boxes in _items(store, _run_artifacts(store, full["run_id"], "sam_box_masks"), "boxes").items():
         seen.setdefault(item.split(".")[0], set()).update(row.tobytes() for row in boxes)
 
-    _, variant, _ = _plus(synth_root, path, str(tmp_path / "o2"), models_dir, "--set", "prompts.property=false")
+    _, variant, output = _plus(synth_root, path, str(tmp_path / "o2"), models_dir, "--set", "prompts.property=false")
     detail = {s["name"]: s for s in variant["stages"]}["defect_masks"]["detail"]
+    assert f"boxes from memo {detail['boxes_from_memo']}" in output          # the summary shows the counts
     wanted = _items(store, _run_artifacts(store, variant["run_id"], "defect_boxes"), "boxes")
     unseen = sum(len({row.tobytes() for row in boxes} - seen.get(image, set())) for image, boxes in wanted.items())
     assert detail["boxes_decoded"] == unseen, (detail, unseen)
