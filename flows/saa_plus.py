@@ -17,17 +17,22 @@ from tasks.saa_plus.expert import CategoryPrompts, load_table, prompts_for
 from tasks.saa_plus.scoring import ScoringRule
 
 
+def _detects_objects(cfg: SAAPlusConfig) -> bool:
+    """The object pass runs GroundingDINO + SAM (property prompt on, objects not from an oracle)."""
+    return cfg.prompts.property and cfg.object_generator == "grounding_dino"
+
+
 def _uses(cfg: SAAPlusConfig) -> tuple[bool, bool]:
     """(SAM needed, GroundingDINO needed) given the stage slots and the prompt switches."""
-    gdino_objects = cfg.prompts.property and cfg.object_generator == "grounding_dino"
-    return cfg.refiner == "sam" or gdino_objects, cfg.region_generator == "grounding_dino" or gdino_objects
+    return (cfg.refiner == "sam" or _detects_objects(cfg),
+            cfg.region_generator == "grounding_dino" or _detects_objects(cfg))
 
 
 def _category(ctx: RunContext, run: RunState, cfg: SAAPlusConfig, cp: CategoryPrompts, images: list[ImageItem],
               embeddings: ArtifactRef | None) -> ArtifactRef:
     """One category's chain; its parameters (captions, n, K, θ) come from the expert table."""
     on = cfg.prompts
-    gdino_objects = on.property and cfg.object_generator == "grounding_dino"
+    gdino_objects = _detects_objects(cfg)
     captions = ([c for c, _ in cp.captions] if cfg.region_generator == "grounding_dino" else []) + \
         ([cp.object_prompt] if gdino_objects else [])
     detections = saa.grounding_detections(ctx, images, cfg.models.detector, captions) if captions else None

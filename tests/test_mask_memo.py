@@ -59,4 +59,4 @@ def test_no_boxes_and_a_bad_decoder(tmp_path):
     assert memo.masks_for("img1", np.zeros((0, 4), np.float32), HW, CountingDecoder()).shape == (0, *HW)
     with pytest.raises(ValueError, match="decoder returned"):
         memo.masks_for("img1", _boxes((1, 1, 5, 5)), HW, lambda boxes: np.zeros((len(boxes), 3, 3), bool))
-    assert memo.decoded == 0 and memo._entries == {}          # nothing half-remembered
+    assert memo.decoded == 0 and dict(memo._entries) == {}    # nothing half-remembered

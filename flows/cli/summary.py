@@ -8,11 +8,6 @@ def _pct(v) -> str:
     return "   –" if v is None else f"{100 * v:5.1f}"
 
 
-def _detail(detail: dict | None) -> str:
-    """'  (boxes decoded 12, boxes from memo 40)' for stages that count more than images."""
-    return "  (" + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in detail.items()) + ")" if detail else ""
-
-
 def print_summary(report: dict, report_path: str) -> None:
     if report.get("warning"):
         typer.secho(f"NOTE: {report['warning']}", fg=typer.colors.YELLOW)
@@ -20,9 +15,11 @@ def print_summary(report: dict, report_path: str) -> None:
         typer.secho(f"note: {note}", fg=typer.colors.YELLOW)
     typer.echo(f"{report['method']}: {len(report['images'])} images scored, {len(report['failures'])} failed, "
                f"{report['wall_seconds']:.1f} s")
+    from tasks.report.report_json import detail_text   # loaded by the run already; kept off CLI start-up
+
     for stage in report["stages"]:
         typer.echo(f"  {stage['name']:<22} computed {stage['computed']:>5}  reused {stage['reused']:>5}  "
-                   f"failed {stage['failed']:>3}  {stage['seconds']:7.2f} s" + _detail(stage.get("detail")))
+                   f"failed {stage['failed']:>3}  {stage['seconds']:7.2f} s" + detail_text(stage.get("detail")))
     if report["metrics"]:
         keys = ["pixel_auroc", "pixel_f1_max", "pixel_aupro", "image_auroc"]
         typer.echo(f"  {'category':<22}" + "".join(f"{k:>14}" for k in keys))

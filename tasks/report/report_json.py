@@ -16,6 +16,12 @@ TINY_WARNING = ("made with tiny-* seeded random-weight stand-ins or --random-wei
                 "maps and metrics say nothing about the method")
 
 
+def detail_text(detail: dict[str, int] | None) -> str:
+    """A stage's counts beyond images, e.g. ' (boxes decoded 17, boxes from memo 2117)'; '' when it has none."""
+    counts = ", ".join(f"{name.replace('_', ' ')} {count}" for name, count in (detail or {}).items())
+    return f" ({counts})" if counts else ""
+
+
 def build_report(method: str, config: dict, models: list[dict], dataset: dict, categories: list[CategoryResult],
                  failures: dict[str, str], stages: list[StageStats], wall_seconds: float, run_id: str,
                  model_load_seconds: dict[str, float], notes: list[str] | None = None) -> dict:

@@ -35,11 +35,18 @@ class BoxMaskMemo:
     def __init__(self, store: ArtifactStore, stage: StageDef):
         self.store = store
         self.ref = store.ensure_artifact(stage.name, stage.key, stage.record())
-        self._entries: dict[str, list[tuple[str, str]]] = defaultdict(list)   # image -> [(item, write id)]
-        for item, write_id in store.committed_items(self.ref).items():
-            self._entries[item.split(".", 1)[0]].append((item, write_id))
+        self._listing: dict[str, list[tuple[str, str]]] | None = None   # image -> [(item, write id)], on first use
         self.decoded = 0   # boxes sent to the decoder by this memo
         self.reused = 0    # boxes answered from the memo
+
+    @property
+    def _entries(self) -> dict[str, list[tuple[str, str]]]:
+        """The memo's entries per image, listed once (only if a refinement has anything to compute)."""
+        if self._listing is None:
+            self._listing = defaultdict(list)
+            for item, write_id in self.store.committed_items(self.ref).items():
+                self._listing[item.split(".", 1)[0]].append((item, write_id))
+        return self._listing
 
     def masks_for(self, image: str, boxes: np.ndarray, hw: tuple[int, int], decode: DecodeFn) -> np.ndarray:
         """boxes N x 4 xyxy px -> masks N x H x W bool, one per box, in order (duplicates decoded once)."""
@@ -48,8 +55,8 @@ class BoxMaskMemo:
             return np.zeros((0, *hw), bool)
         keys = [row.tobytes() for row in boxes]
         known = self._lookup(image, set(keys))
+        self.reused += sum(k in known for k in keys)
         missing = list(dict.fromkeys(k for k in keys if k not in known))
-        self.reused += len(keys) - sum(1 for k in keys if k not in known)
         if missing:
             new_boxes = np.frombuffer(b"".join(missing), np.float32).reshape(-1, 4)
             new_masks = np.asarray(decode(new_boxes), bool)

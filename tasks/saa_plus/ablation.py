@@ -8,7 +8,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.report.report_json import write_json_atomic
+from tasks.report.report_json import detail_text, write_json_atomic
 from tasks.saa.config import SAAConfig, SAAModels
 from tasks.saa_plus.config import SAAPlusConfig
 from tasks.saa_plus.expert import paper_table2
@@ -39,12 +39,6 @@ def _pct(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.2f}"
 
 
-def _detail(stage: dict) -> str:
-    """Counts a stage reports beyond images, e.g. ' (boxes decoded 17, boxes from memo 2117)'; '' if none."""
-    d = stage.get("detail") or {}
-    return " (" + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in d.items()) + ")" if d else ""
-
-
 def ablation_markdown(summary: dict[str, Any]) -> str:
     variants = summary["variants"]
     cats = sorted({c for v in variants.values() for c in v["metrics"] if c != "mean"})
@@ -66,7 +60,8 @@ def ablation_markdown(summary: dict[str, Any]) -> str:
     lines += ["", "Stages (images computed / reused), in run order:", "", "| variant | stages | seconds |",
               "|---|---|---|"]
     for name, v in variants.items():
-        stages = ", ".join(f"{s['name']} {s['computed']}/{s['reused']}" + _detail(s) for s in v["stages"])
+        stages = ", ".join(f"{s['name']} {s['computed']}/{s['reused']}" + detail_text(s.get("detail"))
+                           for s in v["stages"])
         lines.append(f"| {name} | {stages} | {sum(s['seconds'] for s in v['stages']):.1f} |")
     return "\n".join(lines) + "\n"
 
