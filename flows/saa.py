@@ -17,7 +17,8 @@ def saa_flow(config: SAAConfig, ctx: RunContext, dataset: DatasetSpec, out_dir: 
     uses_sam = config.refiner == "sam"
     uses_gdino = config.region_generator == "grounding_dino"
     model_names = [config.models.sam] * uses_sam + [config.models.detector] * uses_gdino
-    run = start_run(ctx, "saa", config.model_dump(mode="json"), dataset, model_names)
+    side_inputs = ("mask",) if not uses_gdino else ()   # oracle boxes read the ground truth
+    run = start_run(ctx, "saa", config.model_dump(mode="json"), dataset, model_names, side_inputs)
 
     embeddings = None
     if uses_sam:

@@ -17,6 +17,12 @@ from tasks.saa_plus.expert import CategoryPrompts, load_table, prompts_for
 from tasks.saa_plus.scoring import ScoringRule
 
 
+def expert_table(name: str, dataset_kind: str):
+    """The expert table a run uses (``auto`` = by dataset kind), or None; ``ExpertError`` if it cannot load."""
+    table_name = dataset_kind if name == "auto" else name
+    return load_table(table_name) if table_name not in ("folder", "none") else None
+
+
 def _detects_objects(cfg: SAAPlusConfig) -> bool:
     """The object pass runs GroundingDINO + SAM (property prompt on, objects not from an oracle)."""
     return cfg.prompts.property and cfg.object_generator == "grounding_dino"
@@ -86,9 +92,10 @@ def saa_plus_flow(config: SAAPlusConfig, ctx: RunContext, dataset: DatasetSpec, 
     uses_sam, uses_gdino = _uses(config)
     models = [config.models.sam] * uses_sam + [config.models.detector] * uses_gdino + \
         [config.models.saliency] * config.prompts.saliency
-    run = start_run(ctx, "saa-plus", config.model_dump(mode="json"), dataset, models)
-    table_name = dataset.kind if config.expert_table == "auto" else config.expert_table
-    table = load_table(table_name) if table_name not in ("folder", "none") else None
+    table = expert_table(config.expert_table, dataset.kind)   # before any work
+    side_inputs = ("mask",) * (config.region_generator == "oracle") + \
+        ("labels",) * (config.prompts.property and config.object_generator == "oracle")
+    run = start_run(ctx, "saa-plus", config.model_dump(mode="json"), dataset, models, side_inputs)
     embeddings = saa.image_embedding(ctx, run.alive, config.models.sam, config.color_order) if uses_sam else None
     run.absorb(ctx, embeddings)
     by_category: dict[str, list[ImageItem]] = defaultdict(list)

@@ -1,35 +1,44 @@
 """A Zarr v3 store of artifacts, each ``<stage>/<key>``, each holding items addressed by content.
 
-Layout (all keys relative to the store root)::
+Layout (layout 2; keys relative to the store root)::
 
-    <stage>/<key>/                      group; attrs = stage, version, params, models, upstream, created
-    <stage>/<key>/<item>/<write_id>/    one write of one item: its arrays, one chunk each
-    <stage>/<key>/<item>/<write_id>/_complete/   group written LAST; attrs = the item's JSON meta
-    _runs/<run_id>/                     group; attrs = the run record (which artifacts back it)
+    zarr.json                       root group; attrs {"anomflow_store": 2}
+    _index.sqlite                   the index of a local store (object stores: see stores/object_index.py)
+    <stage>/<key>/zarr.json         the artifact's record: stage, version, params, models, upstream, created
+    <stage>/<key>/<pack>/           one batch commit: packed arrays + the pack record (stores/packs.py)
 
-Ragged per-image data (a variable number of boxes or masks) is one small array per item, first
-axis = count (possibly 0). Only numeric and bool dtypes are stored; meta must be JSON.
-
-Commit protocol: every writer writes into its own fresh ``write_id``, so two runs never touch the
-same chunk, and an item is trusted only once its ``_complete`` marker exists. A run killed mid-write
-leaves an incomplete write that readers ignore and ``gc`` removes; the next run recomputes it.
+Commit protocol for a batch: the index records the pack as pending (gc spares it), every array file is
+written under a fresh pack id, then the pack record, then the index makes the items visible in one step.
+A writer killed at any point leaves at most a pending pack that readers never see and gc removes; its
+items are simply computed again. Readers ask the index for exactly the items they want.
 """
 from __future__ import annotations
 
+import json
+import os
 import time
 import uuid
-from dataclasses import dataclass, field
-from typing import Any, Iterator
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass
+from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 import numpy as np
-import zarr
 from zarr.storage import FsspecStore, LocalStore
 
-COMPLETE = "_complete"
-RUNS = "_runs"
-_ALLOWED_KINDS = set("biuf")  # bool, signed/unsigned int, float
+from stores import packs
+from stores.index import ClaimResult, Index, Location, SqliteIndex
+from stores.object_index import ObjectIndex
+from stores.packs import ItemData
+
+LAYOUT = 2
+LIVENESS_SECONDS = float(os.environ.get("ANOMFLOW_LIVENESS_SECONDS", "120"))
+_PACK_CACHE_BYTES = 256 << 20   # decoded packs a view keeps (whole packs up to this size are read at once)
+
+
+class StoreError(RuntimeError):
+    """A store that cannot be used as it is: wrong layout, not a store, not writable. Message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -39,154 +48,194 @@ class ArtifactRef:
     stage: str
     key: str
     uri: str
+    side: tuple[str, ...] = ()   # side inputs (e.g. "mask") in its lineage: they join its per-image item ids
 
     @property
     def path(self) -> str:
         return f"{self.stage}/{self.key}"
 
 
-@dataclass
-class ItemData:
-    arrays: dict[str, np.ndarray]
-    meta: dict[str, Any] = field(default_factory=dict)
+def _before_commit_hook(path: str) -> None:
+    """Test seam: tests replace this to kill a process between a pack's data and its commit."""
 
 
-def _check_array(name: str, value: np.ndarray) -> np.ndarray:
-    arr = np.asarray(value)
-    if arr.dtype.kind not in _ALLOWED_KINDS:
-        raise TypeError(f"array {name!r} has dtype {arr.dtype}; only bool/int/float go into the store")
-    return np.ascontiguousarray(arr)
+def _open_backend(url: str, storage_options: dict | None):
+    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    root = root.rstrip("/") or root
+    if isinstance(fs, LocalFileSystem):
+        if os.path.isfile(root):
+            raise StoreError(f"store {url}: is a file, not a directory")
+        os.makedirs(root, exist_ok=True)
+        return fs, root, LocalStore(root)
+    zstore = FsspecStore.from_url(url, storage_options=storage_options)
+    return fs, root, zstore
 
 
 class ArtifactStore:
-    """Reads and writes artifacts under a root URL (local path or fsspec URL such as ``s3://bucket/x``)."""
+    """Reads and writes artifacts under a root URL (local path, ``memory://``, ``s3://bucket/prefix``)."""
 
-    def __init__(self, url: str, storage_options: dict | None = None):
+    def __init__(self, url: str, storage_options: dict | None = None, liveness_seconds: float | None = None):
         self.url = str(url)
-        self.fs, self.root = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
-        if isinstance(self.fs, LocalFileSystem):
-            self.fs.makedirs(self.root, exist_ok=True)
-            self.zstore = LocalStore(self.root)
-        else:
-            self.zstore = FsspecStore.from_url(self.url, storage_options=storage_options)
-        self._ensure_group("", {"anomflow_store": 1})
+        self.liveness = LIVENESS_SECONDS if liveness_seconds is None else liveness_seconds
+        self.fs, self.root, self.zstore = _open_backend(self.url, storage_options)
+        self._check_layout()
+        self.index: Index = SqliteIndex(self.root) if isinstance(self.fs, LocalFileSystem) \
+            else ObjectIndex(self.fs, self.root)
 
-    def _ensure_group(self, path: str, attrs: dict[str, Any]) -> None:
-        """Create a group unless it exists; losing the creation race to another run is fine."""
+    def _check_layout(self) -> None:
+        meta = f"{self.root}/zarr.json"
         try:
-            zarr.open_group(self.zstore, path=path, mode="r")
-        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-            try:
-                zarr.open_group(self.zstore, path=path, mode="w-", attributes=attrs)
-            except (zarr.errors.ContainsGroupError, FileExistsError):
-                pass
+            attrs = json.loads(self.fs.cat_file(meta)).get("attributes", {})
+        except FileNotFoundError:
+            listing = [e for e in self.fs.ls(self.root, detail=False)] if self.fs.exists(self.root) else []
+            if listing:
+                raise StoreError(f"store {self.url}: not an anomflow store (it holds other files and no zarr.json); "
+                                 "point --store at an empty or new folder") from None
+            self.fs.pipe_file(meta, json.dumps({"zarr_format": 3, "node_type": "group",
+                                                "attributes": {"anomflow_store": LAYOUT}}).encode())
+            return
+        layout = attrs.get("anomflow_store")
+        if layout != LAYOUT:
+            raise StoreError(
+                f"store {self.url}: layout {layout} (one Zarr group per item write, anomflow before batch packs); "
+                f"this anomflow reads layout {LAYOUT}. Migrate it with `anomflow store migrate {self.url} NEW_STORE` "
+                "(copies every committed item), or start a fresh store with --store")
 
     # ---------------------------------------------------------------- artifacts
     def ref(self, stage: str, key: str) -> ArtifactRef:
         return ArtifactRef(stage, key, f"{self.url.rstrip('/')}/{stage}/{key}")
 
     def ensure_artifact(self, stage: str, key: str, record: dict[str, Any]) -> ArtifactRef:
-        """Create the artifact group with its metadata if missing (idempotent; the key fixes the content)."""
+        """Register the artifact with its record if missing (idempotent: the key fixes the content)."""
+        ref = self.ref(stage, key)
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        self._ensure_group(f"{stage}/{key}", dict(record, stage=stage, key=key, created=created))
-        return self.ref(stage, key)
+        full = dict(record, stage=stage, key=key, created=created)
+        if isinstance(self.index, SqliteIndex) and self.index.artifact_record(ref.path) is None:
+            self.fs.makedirs(f"{self.root}/{ref.path}", exist_ok=True)
+            self.fs.pipe_file(f"{self.root}/{ref.path}/zarr.json", json.dumps(
+                {"zarr_format": 3, "node_type": "group", "attributes": full}).encode())
+        self.index.ensure_artifact(ref.path, full)
+        return ref
 
     def artifact_record(self, stage: str, key: str) -> dict[str, Any]:
-        return zarr.open_group(self.zstore, path=f"{stage}/{key}", mode="r").attrs.asdict()
-
-    def iter_artifacts(self) -> Iterator[tuple[str, str]]:
-        for stage_path in self._ls_dirs(self.root):
-            stage = stage_path.rsplit("/", 1)[-1]
-            if stage.startswith("_"):
-                continue
-            for key_path in self._ls_dirs(stage_path):
-                yield stage, key_path.rsplit("/", 1)[-1]
+        record = self.index.artifact_record(f"{stage}/{key}")
+        if record is None:
+            raise KeyError(f"artifact {stage}/{key} is not in the store")
+        return record
 
     # ---------------------------------------------------------------- items
-    def committed_items(self, ref: ArtifactRef) -> dict[str, str]:
-        """item id -> write id of every complete item in the artifact (one listing)."""
-        pattern = f"{self.root}/{ref.path}/*/*/{COMPLETE}/zarr.json"
-        found: dict[str, str] = {}
-        for hit in sorted(self.fs.glob(pattern)):
-            parts = hit.split("/")
-            item, write_id = parts[-4], parts[-3]
-            found.setdefault(item, write_id)
-        return found
+    def lookup(self, ref: ArtifactRef, items: list[str]) -> dict[str, Location]:
+        return self.index.lookup(ref.path, items)
 
-    def write_item(self, ref: ArtifactRef, item: str, data: ItemData) -> str:
-        """Write one item atomically: arrays into a fresh write id, then the completion marker."""
-        write_id = uuid.uuid4().hex
-        base = f"{ref.path}/{item}/{write_id}"
-        group = zarr.open_group(self.zstore, path=base, mode="w")   # a fresh path: no other writer
-        for name, value in data.arrays.items():
-            arr = _check_array(name, value)
-            # the write id is fresh, so nothing can be overwritten: skip zarr's existence and empty-chunk checks
-            group.create_array(name, data=arr, chunks=tuple(max(1, n) for n in arr.shape) or "auto",
-                               overwrite=True, config={"write_empty_chunks": True})
-        _before_commit_hook(base)
-        group.create_group(COMPLETE, attributes=data.meta)
-        return write_id
+    def write_batch(self, ref: ArtifactRef, items: list[tuple[str, ItemData]], run_id: str | None = None) -> list[str]:
+        """Commit items as packs (one per array signature, usually one). Returns items already committed."""
+        groups: dict[tuple, list[tuple[str, ItemData]]] = defaultdict(list)
+        for item, data in items:
+            groups[packs.signature(data)].append((item, data))
+        dupes: list[str] = []
+        for group in groups.values():
+            ids = [i for i, _ in group]
+            packed, record = packs.encode(ids, [d for _, d in group])
+            pack = uuid.uuid4().hex
+            self.index.begin_pack(ref.path, pack, run_id)
+            nbytes = packs.sync(packs.write_pack(self.zstore, f"{ref.path}/{pack}", packed, record))
+            _before_commit_hook(f"{ref.path}/{pack}")
+            dupes += self.index.commit_pack(ref.path, pack, ids, nbytes)
+        return dupes
 
-    def read_item(self, ref: ArtifactRef, item: str, write_id: str) -> ItemData:
-        base = f"{ref.path}/{item}/{write_id}"
-        group = zarr.open_group(self.zstore, path=base, mode="r")
-        meta = zarr.open_group(self.zstore, path=f"{base}/{COMPLETE}", mode="r").attrs.asdict()
-        arrays = {name: arr[...] for name, arr in group.arrays()}
-        return ItemData(arrays, meta)
-
-    def read_array(self, ref: ArtifactRef, item: str, write_id: str, name: str) -> np.ndarray:
-        """One array of one committed item (the others are not read)."""
-        return zarr.open_array(self.zstore, path=f"{ref.path}/{item}/{write_id}/{name}", mode="r")[...]
+    def write_item(self, ref: ArtifactRef, item: str, data: ItemData, run_id: str | None = None) -> None:
+        self.write_batch(ref, [(item, data)], run_id)
 
     def open(self, ref: ArtifactRef) -> "ArtifactView":
-        return ArtifactView(self, ref, self.committed_items(ref))
+        return ArtifactView(self, ref)
 
-    # ---------------------------------------------------------------- runs
-    def write_run(self, run_id: str, record: dict[str, Any]) -> None:
-        zarr.open_group(self.zstore, path=f"{RUNS}/{run_id}", mode="w", attributes=record)
+    # ---------------------------------------------------------------- claims and runs
+    def claim(self, ref: ArtifactRef, items: list[str], run_id: str) -> ClaimResult:
+        return self.index.claim(ref.path, items, run_id, time.time() - self.liveness)
 
-    def iter_runs(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        for path in self._ls_dirs(f"{self.root}/{RUNS}"):
-            run_id = path.rsplit("/", 1)[-1]
-            try:
-                yield run_id, zarr.open_group(self.zstore, path=f"{RUNS}/{run_id}", mode="r").attrs.asdict()
-            except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-                continue  # a run record being written right now
+    def release(self, ref: ArtifactRef, items: list[str], run_id: str) -> None:
+        self.index.release(ref.path, items, run_id)
+
+    def run_info(self, run_id: str):
+        """The run record (``stores.index.RunInfo``: status, heartbeat, the artifacts it named)."""
+        found = [r for r in self.index.runs() if r.run_id == run_id]
+        if not found:
+            raise KeyError(f"run {run_id} is not recorded in store {self.url}")
+        return found[0]
+
+    def is_live(self, run) -> bool:
+        """A run still running whose heartbeat is within the liveness window (``run``: RunInfo)."""
+        return run.status == "running" and run.heartbeat is not None and run.heartbeat > time.time() - self.liveness
 
     # ---------------------------------------------------------------- fs helpers
-    def _ls_dirs(self, path: str) -> list[str]:
-        try:
-            entries = self.fs.ls(path, detail=True)
-        except FileNotFoundError:
-            return []
-        return sorted(e["name"].rstrip("/") for e in entries if e["type"] == "directory")
-
-    def du(self, path: str) -> int:
-        try:
-            return int(self.fs.du(f"{self.root}/{path}"))
-        except FileNotFoundError:
-            return 0
-
     def rm(self, path: str) -> None:
-        self.fs.rm(f"{self.root}/{path}", recursive=True)
+        target = f"{self.root}/{path}"
+        if self.fs.exists(target):
+            self.fs.rm(target, recursive=True)
 
 
-def _before_commit_hook(base: str) -> None:
-    """Test seam: tests replace this to kill a process between the data and the marker."""
-
-
-@dataclass
 class ArtifactView:
-    """An artifact with its committed items listed once; reads go straight to the right write."""
+    """Read access to one artifact: lookups go to the index, reads to the pack (a few decoded packs are kept)."""
 
-    store: ArtifactStore
-    ref: ArtifactRef
-    committed: dict[str, str]
+    def __init__(self, store: ArtifactStore, ref: ArtifactRef):
+        self.store, self.ref = store, ref
+        self._where: dict[str, Location] = {}
+        self._records: dict[str, dict] = {}
+        self._decoded: OrderedDict[str, tuple[list[dict[str, np.ndarray]], int]] = OrderedDict()
+
+    def prefetch(self, items: list[str]) -> None:
+        """Look up many items in one index query (reads of them then need no lookup)."""
+        missing = [i for i in items if i not in self._where]
+        if missing:
+            self._where.update(self.store.lookup(self.ref, missing))
+
+    def items(self) -> list[str]:
+        """Every committed item id (walks the artifact's index entries: for tests and tools, not stages)."""
+        found = dict(self.store.index.iter_items(self.ref.path))
+        self._where.update(found)
+        return sorted(found)
 
     def has(self, item: str) -> bool:
-        return item in self.committed
+        self.prefetch([item])
+        return item in self._where
 
-    def read(self, item: str) -> ItemData:
-        if item not in self.committed:
+    def items_with_prefix(self, prefix: str) -> list[str]:
+        found = self.store.index.items_with_prefix(self.ref.path, prefix)
+        self._where.update(found)
+        return sorted(found)
+
+    def location(self, item: str) -> Location:
+        if not self.has(item):
             raise KeyError(f"{self.ref.path}: item {item} is not in the store (never computed or it failed)")
-        return self.store.read_item(self.ref, item, self.committed[item])
+        return self._where[item]
+
+    def record(self, pack: str) -> dict[str, Any]:
+        if pack not in self._records:
+            record = packs.sync(packs.read_record(self.store.zstore, f"{self.ref.path}/{pack}"))
+            if record is None:
+                raise KeyError(f"{self.ref.path}: pack {pack} has no commit record (partial or removed write)")
+            self._records[pack] = record
+        return self._records[pack]
+
+    def read(self, item: str, names: list[str] | None = None) -> ItemData:
+        loc = self.location(item)
+        record = self.record(loc.pack)
+        arrays = self._pack_rows(loc.pack, record, loc.row, names)
+        return ItemData(arrays if names is None else {n: arrays[n] for n in names}, record["meta"][loc.row])
+
+    def read_array(self, item: str, name: str) -> np.ndarray:
+        return self.read(item, [name]).arrays[name]
+
+    def _pack_rows(self, pack: str, record: dict, row: int, names: list[str] | None) -> dict[str, np.ndarray]:
+        """One row of a pack: small packs are decoded whole once and kept; large ones read only that row."""
+        size = sum(v.get("nbytes", 0) for v in record["arrays"].values())
+        path = f"{self.ref.path}/{pack}"
+        if size > _PACK_CACHE_BYTES:
+            return packs.sync(packs.read_rows(self.store.zstore, path, record, [row], names))[0]
+        if pack not in self._decoded:
+            rows = packs.sync(packs.read_rows(self.store.zstore, path, record, list(range(len(record["items"])))))
+            self._decoded[pack] = (rows, size)
+            while sum(s for _, s in self._decoded.values()) > _PACK_CACHE_BYTES and len(self._decoded) > 1:
+                self._decoded.popitem(last=False)
+        self._decoded.move_to_end(pack)
+        return self._decoded[pack][0][row]

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+import types
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -27,8 +28,48 @@ def _leaf_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     return keys
 
 
-def _parse_value(text: str) -> Any:
-    """YAML scalars: 0.2 -> float, true -> bool, [a, b] -> list, anything else stays a string."""
+def field_annotation(model: type[BaseModel], key: str) -> Any:
+    """The type annotation of the field at dotted ``key``, following nested models."""
+    *parents, leaf = key.split(".")
+    for name in parents:
+        model = model.model_fields[name].annotation
+    return model.model_fields[leaf].annotation
+
+
+def is_string_like(ann: Any) -> tuple[bool, bool]:
+    """(string-like, accepts None) for ``str``, ``str | None`` and ``Literal`` of strings."""
+    if ann is str:
+        return True, False
+    origin = get_origin(ann)
+    if origin is Literal:
+        values = [a for a in get_args(ann) if a is not None]
+        return bool(values) and all(isinstance(a, str) for a in values), None in get_args(ann)
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(ann) if a is not type(None)]
+        accepts_none = len(args) < len(get_args(ann))
+        return bool(args) and all(is_string_like(a)[0] for a in args), accepts_none
+    return False, False
+
+
+def _parse_value(text: str, ann: Any = Any) -> Any:
+    """The override's value for a field annotated ``ann``.
+
+    String-like fields take the text as is, stripped (``expert_table=123`` stays "123"), except that a quoted
+    YAML string is unquoted and ``null``/``~`` mean None where None is allowed. Other fields parse it as
+    YAML: 0.2 -> float, true -> bool, [a, b] -> list, anything unparsable stays a string.
+    """
+    string_like, accepts_none = is_string_like(ann)
+    stripped = text.strip()
+    if string_like:
+        if accepts_none and stripped in ("null", "~"):
+            return None
+        if len(stripped) >= 2 and stripped[0] == stripped[-1] and stripped[0] in "'\"":
+            try:
+                value = yaml.safe_load(stripped)
+            except yaml.YAMLError:
+                return stripped
+            return value if isinstance(value, str) else stripped
+        return stripped
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
@@ -46,11 +87,13 @@ def apply_overrides(config: BaseModel, overrides: list[str]) -> BaseModel:
         key = key.strip()
         if key not in valid:
             raise ConfigError(f"--set {key}: unknown key. Valid keys: {', '.join(valid)}")
+        if not raw.strip():
+            raise ConfigError(f"--set {key}=: empty value; to use the default, omit --set {key}")
         node = data
         *parents, leaf = key.split(".")
         for p in parents:
             node = node[p]
-        node[leaf] = _parse_value(raw)
+        node[leaf] = _parse_value(raw, field_annotation(type(config), key))
     try:
         return type(config).model_validate(data)
     except ValidationError as exc:

@@ -110,13 +110,13 @@ def test_saa_plus_on_visa_layout_uses_the_visa_table(tmp_path, models_dir):
 
 def _run_artifacts(store: ArtifactStore, run_id: str, stage: str) -> list:
     """The refs of a stage's artifacts that a run used (one per category for per-category stages)."""
-    record = dict(store.iter_runs())[run_id]
-    return [store.ref(stage, a.split("/", 1)[1]) for a in record["artifacts"] if a.startswith(stage + "/")]
+    named = store.run_info(run_id).artifacts
+    return [store.ref(stage, a.split("/", 1)[1]) for a in named if a.startswith(stage + "/")]
 
 
 def _items(store: ArtifactStore, refs: list, name: str) -> dict[str, np.ndarray]:
     views = [store.open(ref) for ref in refs]
-    return {item: view.read(item).arrays[name] for view in views for item in view.committed}
+    return {item: view.read(item).arrays[name] for view in views for item in view.items()}
 
 
 def test_a_variant_decodes_only_the_boxes_no_earlier_pass_decoded(synth_root, models_dir, tmp_path):

@@ -129,7 +129,7 @@ def test_symlink_inside_root_is_allowed(tmp_path):
 
 def test_missing_file_and_directory(tmp_path):
     assert _reason(read_image, str(tmp_path / "nope.png")) == "file not found"
-    assert _reason(read_image, str(tmp_path)) == "not a regular file"
+    assert _reason(read_image, str(tmp_path)) == "is a directory, not an image file"
     os.symlink(tmp_path / "gone.png", tmp_path / "dangling.png")
     assert "broken symlink" in _reason(read_image, str(tmp_path / "dangling.png"))
 

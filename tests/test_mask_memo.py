@@ -46,7 +46,9 @@ def test_only_unseen_boxes_are_decoded_and_order_is_kept(tmp_path):
 
 def test_the_memo_persists_in_the_store_and_is_per_image(tmp_path):
     dec = CountingDecoder()
-    _memo(tmp_path).masks_for("img1", _boxes((1, 1, 10, 10)), HW, dec)
+    first = _memo(tmp_path)
+    first.masks_for("img1", _boxes((1, 1, 10, 10)), HW, dec)
+    first.flush()                                            # one pack per refinement batch
     fresh = _memo(tmp_path)                                  # a later run lists what earlier runs wrote
     fresh.masks_for("img1", _boxes((1, 1, 10, 10)), HW, dec)
     assert len(dec.seen) == 1 and fresh.reused == 1
@@ -59,4 +61,4 @@ def test_no_boxes_and_a_bad_decoder(tmp_path):
     assert memo.masks_for("img1", np.zeros((0, 4), np.float32), HW, CountingDecoder()).shape == (0, *HW)
     with pytest.raises(ValueError, match="decoder returned"):
         memo.masks_for("img1", _boxes((1, 1, 5, 5)), HW, lambda boxes: np.zeros((len(boxes), 3, 3), bool))
-    assert memo.decoded == 0 and dict(memo._entries) == {}    # nothing half-remembered
+    assert memo.decoded == 0 and memo._pending == []    # nothing half-remembered

@@ -106,13 +106,15 @@ def test_saliency_stage_falls_back_when_fewer_than_two_objects(tmp_path):
     """n > 1 with oracle object masks: two objects -> multi-instance; one (or none) -> single-instance fallback."""
     from PIL import Image
 
+    from tasks.datasets.image_io import file_sha256
+
     ctx = RunContext(store_url=str(tmp_path / "s"), models_dir=str(tmp_path / "m"), progress=False)
     objects = ctx.store.ensure_artifact("object_masks", "oracle", {})
     items = []
     for name, count in (("two", 2), ("one", 1), ("none", 0)):
         path = tmp_path / f"{name}.png"
-        Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), np.uint8)).save(path)
-        item = ImageItem(name * 32, ImageRecord(str(path), f"c/test/good/{name}.png", "c", "test", 0, "good"))
+        Image.fromarray(np.random.default_rng(count).integers(0, 255, (32, 32, 3), np.uint8)).save(path)
+        item = ImageItem(file_sha256(str(path)), ImageRecord(str(path), f"c/test/good/{name}.png", "c", "test", 0, "good"))
         masks = np.zeros((count, 32, 32), bool)
         for i in range(count):
             masks[i, 4:12, 4 + 14 * i:12 + 14 * i] = True
@@ -120,8 +122,8 @@ def test_saliency_stage_falls_back_when_fewer_than_two_objects(tmp_path):
         items.append(item)
     result = stages.saliency_map.fn(ctx, items, "tiny-wrn50", objects, 4, 5, "farthest", "rgb", 32, 64)
     view = ctx.store.open(result.ref)
-    modes = {it.image_id[:3]: view.read(it.image_id).meta["mode"] for it in items}
-    assert modes == {"two": "multi", "one": "single-fallback", "non": "single-fallback"}
+    modes = {it.record.stem: view.read(it.image_id).meta["mode"] for it in items}
+    assert modes == {"two": "multi", "one": "single-fallback", "none": "single-fallback"}
     assert view.read(items[0].image_id).arrays["map"].shape == (16, 16)    # 64 / 4
     assert view.read(items[1].image_id).arrays["map"].shape == (8, 8)      # single size 32 / 4
     multi = view.read(items[0].image_id).arrays["map"]

@@ -13,6 +13,8 @@ from PIL import Image
 from scipy import ndimage
 
 from stores import ArtifactStore
+from tasks.datasets import load_dataset
+from tasks.engine.inputs import item_of, prepare_images
 from tasks.datasets.synth import object_labels_path, write_synthetic_mvtec
 from tests.flow_helpers import run_saa, stage_counts
 
@@ -72,13 +74,20 @@ def _expected(masks, objects, saliency, k, theta, on="boxes", location=False) ->
 
 
 def _stored(store_path: str, report: dict, stage: str) -> dict[str, np.ndarray]:
-    """image relpath -> the stage's map array, read from the artifacts this run used."""
+    """image relpath -> the stage's map array, read from the artifacts this run used.
+
+    Items of an artifact whose lineage read oracle files carry those files' hashes in their ids."""
     store = ArtifactStore(store_path)
-    record = dict(store.iter_runs())[report["run_id"]]
-    views = [store.open(store.ref(stage, a.split("/", 1)[1])) for a in record["artifacts"] if a.startswith(stage)]
-    by_id = {i: v.read(i).arrays["map"] for v in views for i in v.committed}
     root = report["dataset"]["root"]
-    return {os.path.relpath(img["path"], root): by_id[img["id"]] for img in report["images"]}
+    images, _ = prepare_images(load_dataset("mvtec", root), root, side_inputs=("labels", "mask"))
+    by_image = {}
+    for path in (a for a in store.run_info(report["run_id"]).artifacts if a.startswith(stage + "/")):
+        view = store.open(store.ref(*path.split("/", 1)))
+        side = tuple(store.artifact_record(*path.split("/", 1))["side"])
+        for image in images:
+            if view.has(item_of(image, side)):
+                by_image[image.image_id] = view.read(item_of(image, side)).arrays["map"]
+    return {os.path.relpath(img["path"], root): by_image[img["id"]] for img in report["images"]}
 
 
 @pytest.mark.parametrize("extra, k, theta, on, location", [

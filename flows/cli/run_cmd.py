@@ -8,9 +8,11 @@ from typing import Any, Optional
 
 import typer
 
+from flows.cli.preflight import UsageError, check_dir_target, check_inputs, check_outputs
 from flows.cli.summary import print_summary
 
 DEFAULT_STORE = os.environ.get("ANOMFLOW_STORE", str(Path.home() / ".cache" / "anomflow" / "store"))
+DEFAULT_ABLATE_OUT = "anomflow-out/ablation"
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
@@ -49,6 +51,7 @@ def execute(method: str, dataset: str, root: str, categories: list[str] | None, 
     from tasks.models.weights import WeightsMissingError
     from tasks.saa_plus.expert import ExpertError
 
+    dataset = dataset.strip().lower()
     table = method_table()
     if method not in table:
         fail_usage(f"unknown method {method!r}; available: {', '.join(sorted(table))}")
@@ -62,6 +65,11 @@ def execute(method: str, dataset: str, root: str, categories: list[str] | None, 
         config, notes = resolve_models(config, models_dir, allow_tiny, random_weights)
     except (ConfigError, KeyError) as exc:
         fail_usage(str(exc).strip("'\""))
+    try:
+        check_outputs(store, out, save_maps, create_parents=frozenset({DEFAULT_STORE, DEFAULT_ABLATE_OUT}))
+        check_inputs(config, dataset, root, categories)
+    except UsageError as exc:
+        fail_usage(str(exc))
     for note in notes:
         typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
     ctx = RunContext(store_url=store, models_dir=models_dir, dataset_root=os.path.abspath(root),
@@ -104,6 +112,10 @@ def demo(
     """Synthesise a small MVTec-layout dataset, run SAA on it (official weights if present, else tiny), summarise."""
     from tasks.datasets.synth import write_synthetic_mvtec
 
+    try:
+        check_dir_target(os.path.abspath(out), "--out", create_parents=True)
+    except UsageError as exc:
+        fail_usage(str(exc))
     data = os.path.join(out, "data")
     if not os.path.isdir(data):
         write_synthetic_mvtec(data, categories=3, images=images, seed=0)
@@ -119,7 +131,7 @@ def ablate(
     root: str = ROOT,
     category: Optional[list[str]] = CATEGORY,
     store: str = STORE,
-    out: str = typer.Option("anomflow-out/ablation", "--out", help="folder for ablation.md/json and each variant"),
+    out: str = typer.Option(DEFAULT_ABLATE_OUT, "--out", help="folder for ablation.md/json and each variant"),
     overrides: Optional[list[str]] = OVERRIDES,
     models_dir: Optional[str] = MODELS_DIR,
     variant: Optional[list[str]] = typer.Option(None, "--variant", help="run only these variants (repeat)"),

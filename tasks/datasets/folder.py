@@ -2,7 +2,8 @@
 
 Layout: any tree under ``root``; images are found recursively by extension
 (``IMAGE_EXTS``, case-insensitive). Hidden files and folders (name starting with ``.``) are
-skipped; symlinked folders are not followed. An image's category is its first-level
+skipped; symlinked folders are not followed. A folder named like an image becomes a record too, so
+the run reports it as a failed item. An image's category is its first-level
 subfolder name, or the root folder's own name for images directly under ``root``.
 Records get ``split="test"``, ``label=None``, ``defect_type=""``, ``mask_path=None``.
 No image is opened here.
@@ -47,11 +48,15 @@ def select_categories(found: list[str], wanted: list[str] | None, root: str) -> 
 
 
 def _walk_images(root: str) -> list[str]:
-    """Absolute paths of all non-hidden image files under ``root``, sorted."""
+    """Absolute paths of all non-hidden image-named entries under ``root``, sorted.
+
+    A folder with an image name (``007.png/``) is listed too, so that it is reported per item
+    ("is a directory, not an image file") instead of silently skipped; its contents are still walked.
+    """
     out = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
-        for name in sorted(filenames):
+        for name in filenames + dirnames:
             if is_image_name(name):
                 out.append(os.path.join(dirpath, name))
     return sorted(out)

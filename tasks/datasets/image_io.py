@@ -20,6 +20,7 @@ to True, truncated files decode with grey fill instead of raising.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import warnings
@@ -49,6 +50,8 @@ def _check_path(path: str, root: str | None) -> str:
         raise ImageError(path, "file not found")
     if not os.path.exists(path):
         raise ImageError(path, "file not found (broken symlink)")
+    if os.path.isdir(path):
+        raise ImageError(path, "is a directory, not an image file")
     if not os.path.isfile(path):
         raise ImageError(path, "not a regular file")
     try:
@@ -69,19 +72,35 @@ def _bomb_reason(exc: Exception) -> str:
     return f"image too large: {exc} (possible decompression bomb)"
 
 
+def _verified_bytes(path: str, expect_sha256: str) -> io.BytesIO:
+    """The file's bytes, provided they still hash to ``expect_sha256`` (the identity the run gave them)."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise ImageError(path, f"cannot read file: {exc.strerror or exc}") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expect_sha256:
+        raise ImageError(path, f"changed on disk during the run (hashed as {expect_sha256[:12]}…, now "
+                               f"{actual[:12]}…); rerun to pick up the new content")
+    return io.BytesIO(data)
+
+
 def _open_decoded(path: str, root: str | None, max_pixels: int, convert,
-                  check_size=None) -> np.ndarray:
+                  check_size=None, expect_sha256: str | None = None) -> np.ndarray:
     """Open ``path`` with every guard, decode fully, and return ``convert(img)``.
 
     ``check_size(w, h)`` (optional) runs on the header size before decoding and may raise
     ``ImageError``; ``convert`` runs while the file is still open and returns a numpy array.
+    ``expect_sha256``: decode exactly the bytes that hash to this (the item's cache identity), or fail.
     """
     path = _check_path(path, root)
+    source = _verified_bytes(path, expect_sha256) if expect_sha256 else path
     with warnings.catch_warnings():
         # This call only: Pillow's size warning becomes an error we report.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            img = Image.open(path)
+            img = Image.open(source)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ImageError(path, _bomb_reason(exc)) from None
         except UnidentifiedImageError:
@@ -175,17 +194,19 @@ def to_mask_array(img: Image.Image) -> np.ndarray:
     return arr != 0
 
 
-def read_image(path: str, root: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_image(path: str, root: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+               expect_sha256: str | None = None) -> np.ndarray:
     """Read an image file as ``H x W x 3`` uint8 RGB, or raise ``ImageError``.
 
     root: when given, the resolved path (symlinks followed) must lie inside it.
     max_pixels: refuse images whose header declares more than this many pixels.
+    expect_sha256: the content hash the run stored the image under; other bytes are refused.
     """
-    return _open_decoded(path, root, max_pixels, to_rgb_array)
+    return _open_decoded(path, root, max_pixels, to_rgb_array, expect_sha256=expect_sha256)
 
 
 def read_mask(path: str, expected_hw: tuple[int, int], *, root: str | None = None,
-              max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+              max_pixels: int = DEFAULT_MAX_PIXELS, expect_sha256: str | None = None) -> np.ndarray:
     """Read a ground-truth mask as ``H x W`` bool (non-zero = defect), or raise ``ImageError``.
 
     expected_hw: ``(H, W)`` of the image the mask belongs to; a different size raises
@@ -198,11 +219,11 @@ def read_mask(path: str, expected_hw: tuple[int, int], *, root: str | None = Non
         if (w, h) != (exp_w, exp_h):
             raise ImageError(path, f"mask size {w}x{h} differs from image size {exp_w}x{exp_h}")
 
-    return _open_decoded(path, root, max_pixels, to_mask_array, check_size)
+    return _open_decoded(path, root, max_pixels, to_mask_array, check_size, expect_sha256)
 
 
 def read_label_map(path: str, expected_hw: tuple[int, int], *, root: str | None = None,
-                   max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+                   max_pixels: int = DEFAULT_MAX_PIXELS, expect_sha256: str | None = None) -> np.ndarray:
     """Read an 8-bit label image (0 = background, i = instance i) as ``H x W`` uint8, or raise ``ImageError``."""
     def check_size(w: int, h: int) -> None:
         if (h, w) != tuple(int(v) for v in expected_hw):
@@ -213,7 +234,7 @@ def read_label_map(path: str, expected_hw: tuple[int, int], *, root: str | None 
             raise ImageError(path, f"label map must be 8-bit single channel, got mode {img.mode}")
         return np.asarray(img, np.uint8).copy()
 
-    return _open_decoded(path, root, max_pixels, convert, check_size)
+    return _open_decoded(path, root, max_pixels, convert, check_size, expect_sha256)
 
 
 def file_sha256(path: str) -> str:
@@ -221,6 +242,8 @@ def file_sha256(path: str) -> str:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ImageError(path, "file not found")
+    if os.path.isdir(path):
+        raise ImageError(path, "is a directory, not an image file")
     if not os.path.isfile(path):
         raise ImageError(path, "not a regular file")
     digest = hashlib.sha256()

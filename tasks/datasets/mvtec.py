@@ -42,8 +42,8 @@ def _list_dir(path: str, dirs: bool) -> list[str]:
         full = os.path.join(path, name)
         if dirs and not is_hidden(name) and os.path.isdir(full):
             names.append(name)
-        elif not dirs and is_image_name(name) and os.path.isfile(full):
-            names.append(name)
+        elif not dirs and is_image_name(name) and (os.path.isfile(full) or os.path.isdir(full)):
+            names.append(name)  # a folder named like an image is listed so the run reports it
     return sorted(names)
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from stores import ArtifactStore
+from stores.runs import new_run_id
 from tasks.datasets.records import ImageRecord
 
 
@@ -15,6 +16,10 @@ class ImageItem:
 
     image_id: str
     record: ImageRecord
+    side: tuple[tuple[str, str], ...] = ()   # (side input, sha256 of its file or "absent"), e.g. ("mask", ...)
+
+    def side_hash(self, name: str) -> str | None:
+        return dict(self.side).get(name)
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,7 @@ class RunContext:
     device: str = "cpu"
     batch_size: int = 4
     progress: bool = True
+    run_id: str = field(default_factory=new_run_id)   # names the run record, its claims and announcements
 
     @cached_property
     def store(self) -> ArtifactStore:

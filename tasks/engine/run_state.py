@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,10 +9,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from stores import ArtifactRef
+from stores.runs import RunSession, session
 from tasks.datasets import load_dataset
 from tasks.datasets.records import ImageRecord
 from tasks.engine.context import FailureTracker, ImageItem, RunContext
-from tasks.engine.inputs import prepare_images
+from tasks.engine.inputs import HashCache, prepare_images
 from tasks.engine.runner import StageResult, StageStats
 from tasks.models import calls
 from tasks.models.loading import model_identity
@@ -66,26 +66,27 @@ class RunState:
         else:
             merged.merge(result.stats)
         self.artifacts.extend((result.ref, *result.side_refs))
-        self.record(ctx, "running")
         return self.tracker.drop(result.failures)
 
-    def record(self, ctx: RunContext, status: str) -> None:
-        ctx.store.write_run(self.run_id, {
-            "run_id": self.run_id, "method": self.method, "status": status,
-            "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "artifacts": sorted({a.path for a in self.artifacts}),
-        })
+    def record(self, ctx: RunContext, status: str, **fields: Any) -> None:
+        """Update the run record in place (status, and e.g. the error that ended it)."""
+        run = session(self.run_id)
+        if run is None:
+            return
+        if status == "running":
+            run.update(status, **fields)
+        else:
+            run.stop(status, **fields)
 
 
 @task(cache_policy=NO_CACHE, persist_result=False)
 def start_run(ctx: RunContext, method: str, config: dict[str, Any], dataset: DatasetSpec,
-              model_names: list[str]) -> RunState:
-    """Load the dataset records, hash the images, pin the model identities, and open the run record."""
+              model_names: list[str], side_inputs: tuple[str, ...] = ()) -> RunState:
+    """Open the run record, load the dataset records, hash the images (and the side inputs the run's stages
+    read, e.g. ground-truth masks for oracle stages), and pin the model identities."""
+    RunSession(ctx.store, ctx.run_id, {"method": method, "dataset": dataset.root, "models": model_names})
     records = load_dataset(dataset.kind, dataset.root, list(dataset.categories) if dataset.categories else None,
                            dataset.split)
-    items, failures = prepare_images(records, dataset.root)
+    items, failures = prepare_images(records, dataset.root, HashCache(ctx.store.index, dataset.root), side_inputs)
     models = [model_identity(n, ctx.models_dir, ctx.random_weights).as_dict() for n in model_names]
-    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
-    state = RunState(run_id, method, config, dataset, records, FailureTracker(items, dict(failures)), models)
-    state.record(ctx, "running")
-    return state
+    return RunState(ctx.run_id, method, config, dataset, records, FailureTracker(items, dict(failures)), models)

@@ -1,17 +1,23 @@
 """Run one stage: find the items its artifact lacks, compute them in batches, commit each atomically."""
 from __future__ import annotations
 
+import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
 
 from stores import ArtifactRef, ArtifactStore, ItemData, artifact_key
+from stores.packs import check_array
+from stores.runs import RunSession, new_run_id, session
 from tasks.datasets.records import ImageError
+from tasks.engine.context import ImageItem
+from tasks.engine.inputs import item_of
 
 log = logging.getLogger("anomflow.engine")
+_POLL_SECONDS = 0.25   # first wait for items another run holds; doubles up to 2 s
 
 
 @dataclass(frozen=True)
@@ -19,7 +25,8 @@ class StageDef:
     """Everything that determines a stage's output, hence its key.
 
     params: only the parameters this stage reads; models: identity dicts (name, weights_sha256, ...);
-    upstream: refs of the artifacts it reads.
+    upstream: refs of the artifacts it reads; side_inputs: per-image files it reads besides the image
+    (``tasks.engine.inputs.SIDE_INPUTS``), whose hashes join its items' ids and those of everything downstream.
     """
 
     name: str
@@ -27,6 +34,12 @@ class StageDef:
     params: dict[str, Any]
     models: tuple[dict[str, Any], ...] = ()
     upstream: tuple[ArtifactRef, ...] = ()
+    side_inputs: tuple[str, ...] = ()
+
+    @property
+    def side(self) -> tuple[str, ...]:
+        """Side inputs of the whole lineage: its own and its upstream artifacts'."""
+        return tuple(sorted({*self.side_inputs, *(s for u in self.upstream for s in u.side)}))
 
     @property
     def key(self) -> str:
@@ -35,7 +48,7 @@ class StageDef:
 
     def record(self) -> dict[str, Any]:
         return {"version": self.version, "params": self.params, "models": list(self.models),
-                "upstream": [f"{u.stage}/{u.key}" for u in self.upstream]}
+                "upstream": [f"{u.stage}/{u.key}" for u in self.upstream], "side": list(self.side)}
 
 
 @dataclass(frozen=True)
@@ -76,6 +89,16 @@ class StageResult:
 ComputeFn = Callable[[list[WorkItem]], Sequence[ItemData]]
 
 
+def per_image(images: list[ImageItem], stage: StageDef) -> list[WorkItem]:
+    """One work item per image; the item id carries the hashes of the stage's side inputs, if any."""
+    return [WorkItem(item_of(i, stage.side), i.image_id, i) for i in images]
+
+
+def image_item(ref: ArtifactRef, image: ImageItem) -> str:
+    """The id under which ``ref`` holds ``image``'s item."""
+    return item_of(image, ref.side)
+
+
 def describe_error(exc: BaseException) -> str:
     if isinstance(exc, ImageError):
         return exc.reason
@@ -83,34 +106,83 @@ def describe_error(exc: BaseException) -> str:
 
 
 def run_stage(store: ArtifactStore, stage: StageDef, work: Sequence[WorkItem], compute: ComputeFn,
-              batch_size: int = 8, progress: bool = True) -> StageResult:
-    """Compute the work items the artifact lacks, in batches of ``batch_size``.
+              batch_size: int = 8, progress: bool = True, run_id: str | None = None) -> StageResult:
+    """Compute the work items the artifact lacks, in batches of ``batch_size``; each batch commits as one pack.
 
-    A batch that raises is retried item by item so that one bad item fails alone; its image id and
-    reason land in ``failures`` and the rest of the batch is committed.
+    The artifact is named in the run record before anything is written. Each batch is claimed first: items
+    another live run is computing are left to it and picked up (reused) once committed, or computed here if
+    that run dies or fails them. A batch that raises is retried item by item so that one bad item fails
+    alone; its image id and reason land in ``failures`` and the rest of the batch is committed.
     """
     start = time.perf_counter()
-    ref = store.ensure_artifact(stage.name, stage.key, stage.record())
-    done = store.committed_items(ref)
-    unique = list({w.item: w for w in work}.values())
-    todo = [w for w in unique if w.item not in done]
-    stats = StageStats(stage.name, reused=len(unique) - len(todo))
-    failures: dict[str, str] = {}
-    bar = tqdm(total=len(todo), desc=stage.name, unit="item", disable=not progress or not todo, leave=False)
-    for i in range(0, len(todo), batch_size):
-        batch = todo[i:i + batch_size]
-        for w, outcome in zip(batch, _compute_isolated(compute, batch)):
-            if isinstance(outcome, BaseException):
-                failures.setdefault(w.image, describe_error(outcome))
-                stats.failed += 1
-                log.warning("%s: %s failed: %s", stage.name, w.item[:12], failures[w.image])
-            else:
-                store.write_item(ref, w.item, outcome)
-                stats.computed += 1
-        bar.update(len(batch))
-    bar.close()
+    ref = replace(store.ensure_artifact(stage.name, stage.key, stage.record()), side=stage.side)
+    own = None if run_id and session(run_id) else RunSession(store, run_id or new_run_id(), {"stage": stage.name})
+    run = own or session(run_id)
+    run.announce(ref.path)
+    try:
+        unique = list({w.item: w for w in work}.values())
+        done = store.lookup(ref, [w.item for w in unique])
+        todo = [w for w in unique if w.item not in done]
+        stats = StageStats(stage.name, reused=len(unique) - len(todo))
+        failures: dict[str, str] = {}
+        bar = tqdm(total=len(todo), desc=stage.name, unit="item", disable=not progress or not todo, leave=False)
+        pending, held, wait = list(todo), [], _POLL_SECONDS
+        while pending or held:
+            if not pending:                       # only items other runs are computing: wait for them
+                time.sleep(wait)
+                wait = min(wait * 2, 2.0)
+                pending, held = held, []
+            batch, pending = pending[:batch_size], pending[batch_size:]
+            claim = store.claim(ref, [w.item for w in batch], run.run_id)
+            stats.reused += len(claim.done)
+            stats.detail["from_other_runs"] = stats.detail.get("from_other_runs", 0) + len(claim.done)
+            held += [w for w in batch if w.item in set(claim.held)]
+            granted = set(claim.granted)
+            batch = [w for w in batch if w.item in granted]
+            if batch:
+                _compute_and_commit(store, ref, run.run_id, stage.name, compute, batch, stats, failures)
+            bar.update(len(batch) + len(claim.done))
+        bar.close()
+        if not stats.detail.get("from_other_runs"):
+            stats.detail.pop("from_other_runs", None)
+    finally:
+        if own:
+            own.stop("complete")
     stats.seconds = time.perf_counter() - start
     return StageResult(ref, stats, failures)
+
+
+def _compute_and_commit(store: ArtifactStore, ref: ArtifactRef, run_id: str, name: str, compute: ComputeFn,
+                        batch: list[WorkItem], stats: StageStats, failures: dict[str, str]) -> None:
+    """Compute one claimed batch; commit what succeeded as one pack, release the claims of what failed."""
+    ok: list[tuple[str, ItemData]] = []
+    failed: list[str] = []
+    for w, outcome in zip(batch, _compute_isolated(compute, batch)):
+        if not isinstance(outcome, BaseException):
+            outcome = _storable(outcome)
+        if isinstance(outcome, BaseException):
+            failures.setdefault(w.image, describe_error(outcome))
+            failed.append(w.item)
+            stats.failed += 1
+            log.warning("%s: %s failed: %s", name, w.item[:12], failures[w.image])
+        else:
+            ok.append((w.item, outcome))
+    if ok:
+        store.write_batch(ref, ok, run_id)
+        stats.computed += len(ok)
+    if failed:
+        store.release(ref, failed, run_id)
+
+
+def _storable(data: ItemData) -> ItemData | BaseException:
+    """The item as it will be stored, or the reason it cannot be (an object array, meta that is not JSON)."""
+    try:
+        for name, value in data.arrays.items():
+            check_array(name, value)
+        json.dumps(data.meta)
+        return data
+    except (TypeError, ValueError) as exc:
+        return exc
 
 
 def _compute_isolated(compute: ComputeFn, batch: list[WorkItem]) -> list[ItemData | BaseException]:

@@ -15,6 +15,7 @@ from tasks import metrics
 from tasks.datasets.image_io import read_mask
 from tasks.datasets.records import ImageError, ImageRecord
 from tasks.engine.context import ImageItem, RunContext
+from tasks.engine.runner import image_item
 from tasks.saa import fusion
 
 
@@ -72,7 +73,7 @@ def evaluate_category(ctx: RunContext, category: str, images: list[ImageItem], m
             result.failures[item.record.path] = f"ground truth {exc.path}: {exc.reason}"
             continue
         kept.append(item)
-        raw.append(view.read(item.image_id).arrays["map"])
+        raw.append(view.read(image_item(maps, item)).arrays["map"])
         gts.append(gt)
     if not kept:
         return result

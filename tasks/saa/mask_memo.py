@@ -13,12 +13,12 @@ identical, which holds because boxes come from the same cached detections throug
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
 from typing import Callable
 
 import numpy as np
 
 from stores import ArtifactRef, ArtifactStore, ItemData
+from stores.runs import session
 from tasks.engine.runner import StageDef
 
 MEMO_STAGE = "sam_box_masks"
@@ -30,23 +30,21 @@ def memo_stage(sam_identity: dict, embeddings: ArtifactRef) -> StageDef:
 
 
 class BoxMaskMemo:
-    """Masks already decoded for each image, listed once; :meth:`masks_for` decodes only what is missing."""
+    """Masks already decoded per image; :meth:`masks_for` decodes only what is missing.
 
-    def __init__(self, store: ArtifactStore, stage: StageDef):
-        self.store = store
+    New entries are held until :meth:`flush`, which commits them as one pack (one per refinement batch).
+    """
+
+    def __init__(self, store: ArtifactStore, stage: StageDef, run_id: str | None = None):
+        self.store, self.run_id = store, run_id
         self.ref = store.ensure_artifact(stage.name, stage.key, stage.record())
-        self._listing: dict[str, list[tuple[str, str]]] | None = None   # image -> [(item, write id)], on first use
+        if run_id and session(run_id):
+            session(run_id).announce(self.ref.path)
+        self.view = store.open(self.ref)
+        self._entries: dict[str, list[str]] = {}      # image -> committed entry ids, looked up on first use
+        self._pending: list[tuple[str, ItemData]] = []
         self.decoded = 0   # boxes sent to the decoder by this memo
         self.reused = 0    # boxes answered from the memo
-
-    @property
-    def _entries(self) -> dict[str, list[tuple[str, str]]]:
-        """The memo's entries per image, listed once (only if a refinement has anything to compute)."""
-        if self._listing is None:
-            self._listing = defaultdict(list)
-            for item, write_id in self.store.committed_items(self.ref).items():
-                self._listing[item.split(".", 1)[0]].append((item, write_id))
-        return self._listing
 
     def masks_for(self, image: str, boxes: np.ndarray, hw: tuple[int, int], decode: DecodeFn) -> np.ndarray:
         """boxes N x 4 xyxy px -> masks N x H x W bool, one per box, in order (duplicates decoded once)."""
@@ -62,25 +60,31 @@ class BoxMaskMemo:
             new_masks = np.asarray(decode(new_boxes), bool)
             if new_masks.shape != (len(new_boxes), *hw):
                 raise ValueError(f"decoder returned {new_masks.shape} for {len(new_boxes)} boxes on {hw}")
-            self._remember(image, new_boxes, new_masks)
+            item = f"{image}.{hashlib.sha256(new_boxes.tobytes()).hexdigest()[:16]}"
+            self._pending.append((item, ItemData({"boxes": new_boxes, "masks": new_masks})))
             known.update(zip(missing, new_masks))
             self.decoded += len(new_boxes)
         return np.stack([known[k] for k in keys])
 
     def _lookup(self, image: str, wanted: set[bytes]) -> dict[bytes, np.ndarray]:
-        """Read the masks of wanted boxes from this image's entries (an entry's masks only if it has a hit)."""
+        """Masks of wanted boxes from this image's entries (committed, then pending)."""
+        if image not in self._entries:
+            self._entries[image] = self.view.items_with_prefix(image + ".")
+        sources = [(lambda i=i: self.view.read(i).arrays) for i in self._entries[image]]
+        sources += [(lambda d=d: d.arrays) for i, d in self._pending if i.startswith(image + ".")]
         found: dict[bytes, np.ndarray] = {}
-        for item, write_id in self._entries.get(image, []):
+        for source in sources:
             if not wanted - found.keys():
                 break
-            entry_boxes = self.store.read_array(self.ref, item, write_id, "boxes")
-            hits = [n for n, row in enumerate(entry_boxes) if row.tobytes() in wanted]
-            if hits:
-                masks = self.store.read_array(self.ref, item, write_id, "masks")
-                found.update((entry_boxes[n].tobytes(), masks[n]) for n in hits)
+            entry = source()
+            hits = [n for n, row in enumerate(entry["boxes"]) if row.tobytes() in wanted]
+            found.update((entry["boxes"][n].tobytes(), entry["masks"][n]) for n in hits)
         return found
 
-    def _remember(self, image: str, boxes: np.ndarray, masks: np.ndarray) -> None:
-        item = f"{image}.{hashlib.sha256(boxes.tobytes()).hexdigest()[:16]}"
-        write_id = self.store.write_item(self.ref, item, ItemData({"boxes": boxes, "masks": masks}))
-        self._entries[image].append((item, write_id))
+    def flush(self) -> None:
+        """Commit the entries decoded since the last flush as one pack."""
+        if self._pending:
+            self.store.write_batch(self.ref, self._pending, self.run_id)
+            for item, _ in self._pending:
+                self._entries.setdefault(item.split(".", 1)[0], []).append(item)
+            self._pending = []

@@ -20,17 +20,14 @@ from prefect.cache_policies import NO_CACHE
 from stores import ArtifactRef, ItemData, item_key
 from tasks.datasets.image_io import read_image, read_mask
 from tasks.engine.context import ImageItem, RunContext
-from tasks.engine.runner import StageDef, StageResult, WorkItem, run_stage
+from tasks.engine.inputs import ABSENT
+from tasks.engine.runner import StageDef, StageResult, WorkItem, image_item, per_image, run_stage
 from tasks.models.grounding_dino import normalize_caption
 from tasks.models.loading import load_grounding_dino, load_sam, model_identity
 from tasks.saa import fusion, regions
 from tasks.saa.mask_memo import BoxMaskMemo, memo_stage
 
 stage_task = task(cache_policy=NO_CACHE, persist_result=False)
-
-
-def _per_image(images: list[ImageItem]) -> list[WorkItem]:
-    return [WorkItem(i.image_id, i.image_id, i) for i in images]
 
 
 def _identity(ctx: RunContext, name: str) -> dict:
@@ -43,14 +40,14 @@ def image_embedding(ctx: RunContext, images: list[ImageItem], sam_name: str, col
     stage = StageDef("image_embedding", 1, {"color_order": color_order}, (_identity(ctx, sam_name),))
 
     def compute(batch: list[WorkItem]) -> list[ItemData]:
-        pixels = [read_image(w.payload.record.path, ctx.dataset_root) for w in batch]
+        pixels = [read_image(w.payload.record.path, ctx.dataset_root, expect_sha256=w.payload.image_id) for w in batch]
         fed = [p[..., ::-1].copy() if color_order == "bgr" else p for p in pixels]
         sam = load_sam(sam_name, ctx.models_dir, ctx.random_weights, ctx.device)
         embeddings = sam.embed(fed)
         return [ItemData({"embedding": e}, {"height": p.shape[0], "width": p.shape[1]})
                 for e, p in zip(embeddings, pixels)]
 
-    return run_stage(ctx.store, stage, _per_image(images), compute, ctx.batch_size, ctx.progress)
+    return run_stage(ctx.store, stage, per_image(images, stage), compute, ctx.batch_size, ctx.progress, ctx.run_id)
 
 
 def detection_item(image_id: str, caption: str) -> str:
@@ -71,13 +68,14 @@ def grounding_detections(ctx: RunContext, images: list[ImageItem], detector: str
             by_caption[w.payload[1]].append(n)
         out: list[ItemData | None] = [None] * len(batch)
         for caption, idx in by_caption.items():
-            pixels = [read_image(batch[n].payload[0].record.path, ctx.dataset_root) for n in idx]
+            pixels = [read_image(batch[n].payload[0].record.path, ctx.dataset_root,
+                                 expect_sha256=batch[n].payload[0].image_id) for n in idx]
             for n, p, det in zip(idx, pixels, model.detect(pixels, caption)):
                 out[n] = ItemData({"boxes": det.boxes_cxcywh, "logits": det.token_logits, "token_ids": det.token_ids},
                                   {"height": p.shape[0], "width": p.shape[1], "caption": caption})
         return out
 
-    return run_stage(ctx.store, stage, work, compute, ctx.batch_size, ctx.progress)
+    return run_stage(ctx.store, stage, work, compute, ctx.batch_size, ctx.progress, ctx.run_id)
 
 
 @stage_task
@@ -105,7 +103,7 @@ def defect_boxes(ctx: RunContext, images: list[ImageItem], detections: ArtifactR
         for w in batch:
             max_area = rule.max_area
             if obj_view and area_threshold:
-                max_area = area_threshold * obj_view.read(w.image).meta["object_area"]
+                max_area = area_threshold * obj_view.read(image_item(objects, w.payload)).meta["object_area"]
             dets = [det_view.read(detection_item(w.image, c)) for c, _ in caps]
             hw = (dets[0].meta["height"], dets[0].meta["width"])
             per_caption = [regions.filter_queries(d.arrays["boxes"], d.arrays["logits"], d.arrays["token_ids"], hw,
@@ -116,7 +114,7 @@ def defect_boxes(ctx: RunContext, images: list[ImageItem], detections: ArtifactR
                                     {"height": hw[0], "width": hw[1], "phrases": phrases}))
         return results
 
-    return run_stage(ctx.store, stage, _per_image(images), compute, ctx.batch_size, ctx.progress)
+    return run_stage(ctx.store, stage, per_image(images, stage), compute, ctx.batch_size, ctx.progress, ctx.run_id)
 
 
 @stage_task
@@ -125,25 +123,27 @@ def oracle_defect_boxes(ctx: RunContext, images: list[ImageItem], objects: Artif
     """Swappable region generator: one box per ground-truth component (tests check downstream logic).
 
     objects / area_threshold: the property prompt on boxes, as in :func:`defect_boxes`."""
-    stage = StageDef("defect_boxes", 1, {"generator": "oracle", "area_threshold": area_threshold if objects else None},
-                     upstream=(objects,) if objects else ())
+    stage = StageDef("defect_boxes", 2, {"generator": "oracle", "area_threshold": area_threshold if objects else None},
+                     upstream=(objects,) if objects else (), side_inputs=("mask",))
     obj_view = ctx.store.open(objects) if objects else None
 
     def compute(batch: list[WorkItem]) -> list[ItemData]:
         results = []
         for w in batch:
             rec = w.payload.record
-            hw = read_image(rec.path, ctx.dataset_root).shape[:2]
-            mask = read_mask(rec.mask_path, hw) if rec.mask_path else np.zeros(hw, bool)
+            hw = read_image(rec.path, ctx.dataset_root, expect_sha256=w.payload.image_id).shape[:2]
+            mask_sha = w.payload.side_hash("mask")
+            mask = read_mask(rec.mask_path, hw, expect_sha256=mask_sha if mask_sha != ABSENT else None) \
+                if rec.mask_path else np.zeros(hw, bool)
             boxes, scores = regions.oracle_boxes(mask)
             if obj_view and area_threshold:
-                keep = regions.smaller_than(boxes, hw, area_threshold * obj_view.read(w.image).meta["object_area"])
+                keep = regions.smaller_than(boxes, hw, area_threshold * obj_view.read(image_item(objects, w.payload)).meta["object_area"])
                 boxes, scores = boxes[keep], scores[keep]
             results.append(ItemData({"boxes": boxes, "scores": scores, "caption": np.zeros(len(boxes), np.int32)},
                                     {"height": hw[0], "width": hw[1], "phrases": ["ground truth"] * len(boxes)}))
         return results
 
-    return run_stage(ctx.store, stage, _per_image(images), compute, ctx.batch_size, ctx.progress)
+    return run_stage(ctx.store, stage, per_image(images, stage), compute, ctx.batch_size, ctx.progress, ctx.run_id)
 
 
 @stage_task
@@ -162,7 +162,7 @@ def refine_boxes(ctx: RunContext, images: list[ImageItem], boxes: ArtifactRef, e
     stage = StageDef(produces, 1, params, (sam_id,) if sam_id else (), upstream)
     box_view = ctx.store.open(boxes)
     emb_view = ctx.store.open(embeddings) if refiner == "sam" else None
-    memo = BoxMaskMemo(ctx.store, memo_stage(sam_id, embeddings)) if refiner == "sam" else None
+    memo = BoxMaskMemo(ctx.store, memo_stage(sam_id, embeddings), ctx.run_id) if refiner == "sam" else None
 
     def decoder(image_id: str, hw: tuple[int, int]):
         def decode(new_boxes: np.ndarray) -> np.ndarray:
@@ -174,7 +174,7 @@ def refine_boxes(ctx: RunContext, images: list[ImageItem], boxes: ArtifactRef, e
     def compute(batch: list[WorkItem]) -> list[ItemData]:
         results = []
         for w in batch:
-            b = box_view.read(w.image)
+            b = box_view.read(image_item(boxes, w.payload))
             hw = (b.meta["height"], b.meta["width"])
             masks = (memo.masks_for(w.image, b.arrays["boxes"], hw, decoder(w.image, hw)) if memo
                      else regions.box_masks(b.arrays["boxes"], hw))
@@ -182,9 +182,11 @@ def refine_boxes(ctx: RunContext, images: list[ImageItem], boxes: ArtifactRef, e
             if len(masks) == 0 and zero_mask_when_empty:
                 masks, scores = np.zeros((1, *hw), bool), np.zeros(1, np.float32)
             results.append(ItemData({"masks": masks, "scores": scores.astype(np.float32)}))
+        if memo:
+            memo.flush()
         return results
 
-    result = run_stage(ctx.store, stage, _per_image(images), compute, ctx.batch_size, ctx.progress)
+    result = run_stage(ctx.store, stage, per_image(images, stage), compute, ctx.batch_size, ctx.progress, ctx.run_id)
     if memo:
         result.stats.detail.update(boxes_decoded=memo.decoded, boxes_from_memo=memo.reused)
         result.side_refs = (memo.ref,)
@@ -202,10 +204,10 @@ def anomaly_map(ctx: RunContext, images: list[ImageItem], masks: ArtifactRef, fu
     def compute(batch: list[WorkItem]) -> list[ItemData]:
         results = []
         for w in batch:
-            m = view.read(w.image)
+            m = view.read(image_item(masks, w.payload))
             keep = fusion.top_k(m.arrays["scores"], k)
             fused = fusion.fuse_masks(m.arrays["masks"][keep], m.arrays["scores"][keep], fusion_mode)
             results.append(ItemData({"map": fusion.resize_map(fused, resolution)}))
         return results
 
-    return run_stage(ctx.store, stage, _per_image(images), compute, ctx.batch_size, ctx.progress)
+    return run_stage(ctx.store, stage, per_image(images, stage), compute, ctx.batch_size, ctx.progress, ctx.run_id)

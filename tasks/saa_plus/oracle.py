@@ -15,8 +15,9 @@ from tasks.datasets.image_io import read_image, read_label_map
 from tasks.datasets.records import ImageError
 from tasks.datasets.synth import object_labels_path
 from tasks.engine.context import ImageItem, RunContext
-from tasks.engine.runner import StageDef, StageResult, WorkItem, run_stage
-from tasks.saa.stages import _per_image, stage_task
+from tasks.engine.inputs import ABSENT
+from tasks.engine.runner import StageDef, StageResult, WorkItem, per_image, run_stage
+from tasks.saa.stages import stage_task
 
 
 def object_masks_from_labels(labels: np.ndarray) -> np.ndarray:
@@ -37,10 +38,12 @@ def boxes_of_masks(masks: np.ndarray) -> np.ndarray:
 
 def _labels(ctx: RunContext, item: ImageItem) -> np.ndarray:
     rec = item.record
-    hw = read_image(rec.path, ctx.dataset_root).shape[:2]
+    hw = read_image(rec.path, ctx.dataset_root, expect_sha256=item.image_id).shape[:2]
+    labels_sha = item.side_hash("labels")
     labels_path = os.path.join(ctx.dataset_root or os.path.dirname(rec.path), object_labels_path(rec.relpath))
     try:
-        return read_label_map(labels_path, hw, root=ctx.dataset_root)
+        return read_label_map(labels_path, hw, root=ctx.dataset_root,
+                              expect_sha256=labels_sha if labels_sha != ABSENT else None)
     except ImageError as exc:   # report it against the image, naming the label file
         raise ImageError(rec.path, f"object labels {labels_path}: {exc.reason}") from None
 
@@ -48,7 +51,7 @@ def _labels(ctx: RunContext, item: ImageItem) -> np.ndarray:
 @stage_task
 def oracle_object_boxes(ctx: RunContext, images: list[ImageItem]) -> StageResult:
     """object_boxes from labels: one tight box per object, score 1; object_area = largest box / image area."""
-    stage = StageDef("object_boxes", 1, {"generator": "oracle"})
+    stage = StageDef("object_boxes", 2, {"generator": "oracle"}, side_inputs=("labels",))
 
     def compute(batch: list[WorkItem]) -> list[ItemData]:
         out = []
@@ -61,13 +64,13 @@ def oracle_object_boxes(ctx: RunContext, images: list[ImageItem]) -> StageResult
                                  "object_area": float(areas.max()) if len(boxes) else 1.0}))
         return out
 
-    return run_stage(ctx.store, stage, _per_image(images), compute, ctx.batch_size, ctx.progress)
+    return run_stage(ctx.store, stage, per_image(images, stage), compute, ctx.batch_size, ctx.progress, ctx.run_id)
 
 
 @stage_task
 def oracle_object_masks(ctx: RunContext, images: list[ImageItem]) -> StageResult:
     """object_masks from labels: masks M x H x W bool (one per object), scores M = 1."""
-    stage = StageDef("object_masks", 1, {"generator": "oracle"})
+    stage = StageDef("object_masks", 2, {"generator": "oracle"}, side_inputs=("labels",))
 
     def compute(batch: list[WorkItem]) -> list[ItemData]:
         out = []
@@ -76,4 +79,4 @@ def oracle_object_masks(ctx: RunContext, images: list[ImageItem]) -> StageResult
             out.append(ItemData({"masks": masks, "scores": np.ones(len(masks), np.float32)}))
         return out
 
-    return run_stage(ctx.store, stage, _per_image(images), compute, ctx.batch_size, ctx.progress)
+    return run_stage(ctx.store, stage, per_image(images, stage), compute, ctx.batch_size, ctx.progress, ctx.run_id)

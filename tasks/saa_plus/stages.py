@@ -12,11 +12,11 @@ import numpy as np
 from stores import ArtifactRef, ItemData
 from tasks.datasets.image_io import read_image
 from tasks.engine.context import ImageItem, RunContext
-from tasks.engine.runner import StageDef, StageResult, WorkItem, run_stage
+from tasks.engine.runner import StageDef, StageResult, WorkItem, image_item, per_image, run_stage
 from tasks.models.grounding_dino import normalize_caption
 from tasks.models.loading import load_wrn50
 from tasks.saa import fusion, regions
-from tasks.saa.stages import _identity, _per_image, detection_item, stage_task
+from tasks.saa.stages import _identity, detection_item, stage_task
 from tasks.saa_plus import saliency as sal
 from tasks.saa_plus.scoring import ScoringRule, score_map
 
@@ -43,7 +43,7 @@ def object_boxes(ctx: RunContext, images: list[ImageItem], detections: ArtifactR
                                 {"height": hw[0], "width": hw[1], "object_area": object_area}))
         return out
 
-    return run_stage(ctx.store, stage, _per_image(images), compute, ctx.batch_size, ctx.progress)
+    return run_stage(ctx.store, stage, per_image(images, stage), compute, ctx.batch_size, ctx.progress, ctx.run_id)
 
 
 @stage_task
@@ -59,14 +59,15 @@ def saliency_map(ctx: RunContext, images: list[ImageItem], backbone: str, object
 
     def compute(batch: list[WorkItem]) -> list[ItemData]:
         """Pick each image's mode first (multi needs >= 2 objects), then extract features at that mode's size."""
-        grids = [sal.resize_masks_nearest(obj_view.read(w.image).arrays["masks"], multi_size // 4) if multi
+        grids = [sal.resize_masks_nearest(obj_view.read(image_item(objects, w.payload)).arrays["masks"], multi_size // 4) if multi
                  else None for w in batch]
         modes = [sal.saliency_mode(g, object_count if multi else 1) for g in grids]
         model = load_wrn50(backbone, ctx.models_dir, ctx.random_weights, ctx.device)
         out: list[ItemData | None] = [None] * len(batch)
         for mode_size in {multi_size if m == "multi" else single_size for m in modes}:
             idx = [i for i, m in enumerate(modes) if (multi_size if m == "multi" else single_size) == mode_size]
-            pixels = [read_image(batch[i].payload.record.path, ctx.dataset_root) for i in idx]
+            pixels = [read_image(batch[i].payload.record.path, ctx.dataset_root,
+                                 expect_sha256=batch[i].payload.image_id) for i in idx]
             fed = [p[..., ::-1].copy() if color_order == "bgr" else p for p in pixels]
             for i, feats in zip(idx, model.features(fed, mode_size)):
                 smap, _ = sal.saliency_map(feats, grids[i] if modes[i] == "multi" else None,
@@ -74,7 +75,7 @@ def saliency_map(ctx: RunContext, images: list[ImageItem], backbone: str, object
                 out[i] = ItemData({"map": smap.astype(np.float32)}, {"mode": modes[i]})
         return out
 
-    return run_stage(ctx.store, stage, _per_image(images), compute, ctx.batch_size, ctx.progress)
+    return run_stage(ctx.store, stage, per_image(images, stage), compute, ctx.batch_size, ctx.progress, ctx.run_id)
 
 
 @stage_task
@@ -90,13 +91,13 @@ def saa_plus_map(ctx: RunContext, images: list[ImageItem], masks: ArtifactRef, s
     def compute(batch: list[WorkItem]) -> list[ItemData]:
         out = []
         for w in batch:
-            m = views["masks"].read(w.image).arrays
+            m = views["masks"].read(image_item(masks, w.payload)).arrays
             hw = m["masks"].shape[1:]
-            smap = sal.upsample_saliency(views["saliency"].read(w.image).arrays["map"], hw) \
+            smap = sal.upsample_saliency(views["saliency"].read(image_item(saliency, w.payload)).arrays["map"], hw) \
                 if views["saliency"] else None
-            objs = views["objects"].read(w.image).arrays["masks"] if views["objects"] else None
+            objs = views["objects"].read(image_item(objects, w.payload)).arrays["masks"] if views["objects"] else None
             fused = score_map(m["masks"], m["scores"], smap, objs, rule, sal.rescore)
             out.append(ItemData({"map": fusion.resize_map(fused, resolution)}))
         return out
 
-    return run_stage(ctx.store, stage, _per_image(images), compute, ctx.batch_size, ctx.progress)
+    return run_stage(ctx.store, stage, per_image(images, stage), compute, ctx.batch_size, ctx.progress, ctx.run_id)

@@ -1,0 +1,114 @@
+"""Checks run before any work starts, so that usage errors exit 2 with one line and no traceback.
+
+``check_outputs``: the locations a run writes (``--store``, ``--out``, ``--save-maps``); nothing is
+created (a probe file is written and removed in an existing directory). ``check_inputs``: the dataset
+listing (no image opened) and, for SAA+, the expert table. Each failure raises ``UsageError`` with one
+line naming the option or path and the reason.
+
+Rules for a local location: it must not be an existing non-directory; if it exists it must be a
+writable directory; if it does not, its parent must be an existing writable directory (a missing
+parent is usually a typo, so it is refused rather than created). Built-in defaults (the default store
+under ``~/.cache``, ablate's ``anomflow-out/ablation``) may create missing parents, as long as the
+nearest existing ancestor is a writable directory. ``memory://`` and remote fsspec URLs (``s3://...``)
+are not checked here: no network is touched; the store verifies them when it opens.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+LOCAL_SCHEMES = ("file", "local")
+
+
+class UsageError(ValueError):
+    """A command-line value that cannot work; the message is one line naming the path and the reason."""
+
+
+def local_path(url: str) -> str | None:
+    """The filesystem path of a local store URL (plain path, ``file://``, ``local://``), else None."""
+    url = str(url)
+    if "::" in url:              # fsspec chained URL, e.g. simplecache::s3://...
+        return None
+    if "://" in url:
+        scheme, rest = url.split("://", 1)
+        if scheme.lower() not in LOCAL_SCHEMES:
+            return None
+        url = rest
+    return os.path.abspath(os.path.expanduser(url))
+
+
+def _probe_writable(directory: str) -> str | None:
+    """None if files can be created in ``directory``, else the reason; really creates and removes a file."""
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return "not writable (permission denied)"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".anomflow-probe-", dir=directory)
+    except OSError as exc:
+        return f"not writable (creating a file there failed: {exc.strerror or exc})"
+    os.close(fd)
+    try:
+        os.remove(probe)
+    except OSError:
+        pass
+    return None
+
+
+def _existing_ancestor(path: str) -> str:
+    parent = os.path.dirname(path)
+    while parent and not os.path.lexists(parent) and parent != os.path.dirname(parent):
+        parent = os.path.dirname(parent)
+    return parent
+
+
+def check_dir_target(path: str, option: str, create_parents: bool = False) -> None:
+    """Raise ``UsageError`` unless ``path`` is, or can become, a writable directory (see module docstring)."""
+    label = f"{option} {path}"
+    if os.path.lexists(path) and not os.path.exists(path):
+        raise UsageError(f"{label}: is a broken symlink")
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise UsageError(f"{label}: is a file, not a directory")
+        reason = _probe_writable(path)
+        if reason:
+            raise UsageError(f"{label}: directory is {reason}")
+        return
+    parent = os.path.dirname(path)
+    if not os.path.exists(parent):
+        if not create_parents:
+            raise UsageError(f"{label}: parent directory {parent} does not exist")
+        parent = _existing_ancestor(path)
+    if not os.path.isdir(parent):
+        raise UsageError(f"{label}: {parent} is a file, not a directory")
+    reason = _probe_writable(parent)
+    if reason:
+        raise UsageError(f"{label}: cannot be created, {parent} is {reason}")
+
+
+def check_store(url: str, create_parents: bool = False) -> None:
+    """A local store path must be (or can become) a writable directory; other URLs are left to the store."""
+    path = local_path(url)
+    if path is not None:
+        check_dir_target(path, "--store", create_parents)
+
+
+def check_outputs(store: str, out: str, save_maps: str | None, create_parents: frozenset[str] = frozenset()) -> None:
+    """All output locations of one run; paths listed in ``create_parents`` (built-in defaults) may create parents."""
+    check_store(store, store in create_parents)
+    check_dir_target(os.path.abspath(out), "--out", out in create_parents)
+    if save_maps is not None:
+        check_dir_target(os.path.abspath(save_maps), "--save-maps", save_maps in create_parents)
+
+
+def check_inputs(config: object, kind: str, root: str, categories: list[str] | None) -> None:
+    """The dataset lists at least one image, categories exist, and an SAA+ expert table loads."""
+    from tasks.datasets import DatasetError, load_dataset
+    from tasks.saa_plus.expert import ExpertError
+
+    try:
+        load_dataset(kind, root, categories)
+        if getattr(config, "expert_table", None) is not None:
+            from flows.saa_plus import expert_table
+
+            expert_table(config.expert_table, kind)
+    except (DatasetError, ExpertError) as exc:
+        raise UsageError(" ".join(str(exc).split())) from None

@@ -1,0 +1,413 @@
+"""The store's index: which items each artifact holds, and where; runs, claims and input hashes.
+
+Every backend answers the same questions (the contract suite in tests/test_store_contract.py runs them all):
+"which of these N items are committed" in O(N) whatever the artifact held before, pending and committed
+packs for gc, run records with heartbeats, per-item claims that lapse with their run, and cached input
+hashes. :class:`SqliteIndex` serves local stores; :class:`stores.object_index.ObjectIndex` serves object
+stores (S3, memory://), where the index lives beside the data as small objects.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+
+@dataclass(frozen=True)
+class Location:
+    pack: str
+    row: int
+
+
+@dataclass
+class ArtifactSummary:
+    path: str                 # <stage>/<key>
+    record: dict[str, Any]
+    created: float            # epoch seconds
+    items: int
+    packs: int
+    nbytes: int               # compressed bytes written by its packs
+
+
+@dataclass
+class PackInfo:
+    artifact: str
+    pack: str
+    status: str               # pending | committed
+    run_id: str | None
+    created: float
+    items: int = 0
+
+
+@dataclass
+class RunInfo:
+    run_id: str
+    record: dict[str, Any]
+    status: str
+    heartbeat: float | None
+    updated: float | None
+    artifacts: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ClaimResult:
+    granted: list[str]        # this run computes these now
+    held: list[str]           # a live run is computing these
+    done: list[str]           # already committed
+
+
+class Index(ABC):
+    """What the artifact store needs from an index; times are epoch seconds."""
+
+    # artifacts -----------------------------------------------------------------------------
+    @abstractmethod
+    def ensure_artifact(self, path: str, record: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def artifact_record(self, path: str) -> dict[str, Any] | None: ...
+
+    @abstractmethod
+    def artifacts(self) -> list[ArtifactSummary]: ...
+
+    @abstractmethod
+    def drop_artifact(self, path: str) -> None: ...
+
+    # packs and items -----------------------------------------------------------------------
+    @abstractmethod
+    def begin_pack(self, path: str, pack: str, run_id: str | None) -> None:
+        """Record a pack about to be written (gc spares it while young or while its run lives)."""
+
+    @abstractmethod
+    def commit_pack(self, path: str, pack: str, items: list[str], nbytes: int) -> list[str]:
+        """Make the pack's items visible; returns the items that were already committed elsewhere."""
+
+    @abstractmethod
+    def lookup(self, path: str, items: Iterable[str]) -> dict[str, Location]: ...
+
+    @abstractmethod
+    def items_with_prefix(self, path: str, prefix: str) -> dict[str, Location]:
+        """Items whose id starts with ``prefix`` (a 64-hex image id followed by '.')."""
+
+    @abstractmethod
+    def iter_items(self, path: str) -> Iterator[tuple[str, Location]]: ...
+
+    @abstractmethod
+    def packs(self, path: str) -> list[PackInfo]: ...
+
+    @abstractmethod
+    def pending_packs(self, older_than: float) -> list[PackInfo]: ...
+
+    @abstractmethod
+    def drop_pack(self, path: str, pack: str) -> None: ...
+
+    @abstractmethod
+    def duplicates(self, path: str) -> list[tuple[str, str]]:
+        """(item, pack) pairs committed a second time (kept out of the index)."""
+
+    # claims -------------------------------------------------------------------------------
+    @abstractmethod
+    def claim(self, path: str, items: list[str], run_id: str, live_after: float) -> ClaimResult:
+        """Claim uncommitted items for ``run_id`` unless a run whose heartbeat is newer than ``live_after`` holds them."""
+
+    @abstractmethod
+    def release(self, path: str, items: list[str], run_id: str) -> None: ...
+
+    # runs ---------------------------------------------------------------------------------
+    @abstractmethod
+    def put_run(self, run_id: str, record: dict[str, Any], status: str) -> None:
+        """Create or update a run record in place (no delete-then-write), refreshing its heartbeat."""
+
+    @abstractmethod
+    def heartbeat(self, run_id: str) -> None: ...
+
+    @abstractmethod
+    def announce(self, run_id: str, path: str) -> None:
+        """Name an artifact the run is about to write into (before it writes)."""
+
+    @abstractmethod
+    def runs(self) -> list[RunInfo]: ...
+
+    @abstractmethod
+    def drop_run(self, run_id: str) -> None: ...
+
+    # input hashes -------------------------------------------------------------------------
+    @abstractmethod
+    def input_hashes(self, root: str) -> dict[str, tuple[int, int, str]]:
+        """relpath -> (size, mtime_ns, sha256) recorded for files under ``root``."""
+
+    @abstractmethod
+    def save_input_hashes(self, root: str, entries: dict[str, tuple[int, int, str]]) -> None: ...
+
+    def close(self) -> None:
+        """Release connections (optional)."""
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS artifacts(aid INTEGER PRIMARY KEY, path TEXT UNIQUE NOT NULL, record TEXT NOT NULL,
+                                     created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS packs(aid INTEGER NOT NULL, pack TEXT NOT NULL, status TEXT NOT NULL, run_id TEXT,
+                                 created REAL NOT NULL, items INTEGER NOT NULL DEFAULT 0,
+                                 nbytes INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(aid, pack)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS packs_by_status ON packs(status, created);
+CREATE TABLE IF NOT EXISTS items(aid INTEGER NOT NULL, item TEXT NOT NULL, pack TEXT NOT NULL, row INTEGER NOT NULL,
+                                 PRIMARY KEY(aid, item)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS duplicates(aid INTEGER NOT NULL, item TEXT NOT NULL, pack TEXT NOT NULL,
+                                      PRIMARY KEY(aid, item, pack)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS claims(aid INTEGER NOT NULL, item TEXT NOT NULL, run_id TEXT NOT NULL,
+                                  PRIMARY KEY(aid, item)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS runs(run_id TEXT PRIMARY KEY, record TEXT NOT NULL, status TEXT NOT NULL,
+                                heartbeat REAL, updated REAL);
+CREATE TABLE IF NOT EXISTS run_artifacts(run_id TEXT NOT NULL, aid INTEGER NOT NULL,
+                                         PRIMARY KEY(run_id, aid)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS input_hashes(root TEXT NOT NULL, rel TEXT NOT NULL, size INTEGER NOT NULL,
+                                        mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL,
+                                        PRIMARY KEY(root, rel)) WITHOUT ROWID;
+"""
+_CHUNK = 500   # parameters per IN (...) query
+
+
+def _chunks(seq: list, n: int = _CHUNK) -> Iterator[list]:
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]
+
+
+class SqliteIndex(Index):
+    """The index of a local store: one SQLite file in WAL mode beside the data (``_index.sqlite``).
+
+    Safe for several processes on one machine (SQLite's locking); not for a store on a network filesystem,
+    where an object store (S3) with :class:`ObjectIndex` is the shared option.
+    """
+
+    FILE = "_index.sqlite"
+
+    def __init__(self, root: str):
+        self.path = os.path.join(root, self.FILE)
+        self._local = threading.local()
+        self._aids: dict[str, int] = {}
+        self.db.executescript(_SCHEMA)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "pid", None) != os.getpid():
+            conn = sqlite3.connect(self.path, timeout=120, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    def _write(self) -> "_Txn":
+        return _Txn(self.db)
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def _aid(self, path: str, create_record: dict | None = None) -> int | None:
+        if path in self._aids:
+            return self._aids[path]
+        row = self.db.execute("SELECT aid FROM artifacts WHERE path=?", (path,)).fetchone()
+        if row is None and create_record is not None:
+            with self._write() as db:
+                db.execute("INSERT OR IGNORE INTO artifacts(path, record, created) VALUES (?,?,?)",
+                           (path, json.dumps(create_record), time.time()))
+            row = self.db.execute("SELECT aid FROM artifacts WHERE path=?", (path,)).fetchone()
+        if row is None:
+            return None
+        self._aids[path] = row[0]
+        return row[0]
+
+    # artifacts -----------------------------------------------------------------------------
+    def ensure_artifact(self, path, record):
+        self._aid(path, record)
+
+    def artifact_record(self, path):
+        row = self.db.execute("SELECT record FROM artifacts WHERE path=?", (path,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def artifacts(self):
+        stats = {aid: (items, packs, nbytes) for aid, items, packs, nbytes in self.db.execute(
+            "SELECT aid, SUM(items), COUNT(*), SUM(nbytes) FROM packs WHERE status='committed' GROUP BY aid")}
+        return [ArtifactSummary(path, json.loads(record), created, *stats.get(aid, (0, 0, 0)))
+                for aid, path, record, created in self.db.execute("SELECT aid, path, record, created FROM artifacts")]
+
+    def drop_artifact(self, path):
+        aid = self._aid(path)
+        if aid is None:
+            return
+        with self._write() as db:
+            for table in ("items", "packs", "duplicates", "claims", "run_artifacts", "artifacts"):
+                db.execute(f"DELETE FROM {table} WHERE aid=?", (aid,))
+        self._aids.pop(path, None)
+
+    # packs and items -----------------------------------------------------------------------
+    def begin_pack(self, path, pack, run_id):
+        with self._write() as db:
+            db.execute("INSERT INTO packs(aid, pack, status, run_id, created) VALUES (?,?,?,?,?)",
+                       (self._aid(path), pack, "pending", run_id, time.time()))
+
+    def commit_pack(self, path, pack, items, nbytes):
+        aid = self._aid(path)
+        with self._write() as db:
+            before = db.total_changes
+            db.executemany("INSERT OR IGNORE INTO items(aid, item, pack, row) VALUES (?,?,?,?)",
+                           [(aid, item, pack, row) for row, item in enumerate(items)])
+            dupes = []
+            if db.total_changes - before < len(items):
+                dupes = [item for item, owner in self._owners(db, aid, items) if owner != pack]
+                db.executemany("INSERT OR IGNORE INTO duplicates(aid, item, pack) VALUES (?,?,?)",
+                               [(aid, item, pack) for item in dupes])
+            db.execute("UPDATE packs SET status='committed', items=?, nbytes=? WHERE aid=? AND pack=?",
+                       (len(items), nbytes, aid, pack))
+            for part in _chunks(items):
+                db.execute(f"DELETE FROM claims WHERE aid=? AND item IN ({','.join('?' * len(part))})", (aid, *part))
+        return dupes
+
+    @staticmethod
+    def _owners(db, aid, items) -> list[tuple[str, str]]:
+        out = []
+        for part in _chunks(list(items)):
+            out += db.execute(f"SELECT item, pack FROM items WHERE aid=? AND item IN ({','.join('?' * len(part))})",
+                              (aid, *part)).fetchall()
+        return out
+
+    def lookup(self, path, items):
+        aid = self._aid(path)
+        if aid is None:
+            return {}
+        found = {}
+        for part in _chunks(list(dict.fromkeys(items))):
+            for item, pack, row in self.db.execute(
+                    f"SELECT item, pack, row FROM items WHERE aid=? AND item IN ({','.join('?' * len(part))})",
+                    (aid, *part)):
+                found[item] = Location(pack, row)
+        return found
+
+    def items_with_prefix(self, path, prefix):
+        aid = self._aid(path)
+        if aid is None:
+            return {}
+        rows = self.db.execute("SELECT item, pack, row FROM items WHERE aid=? AND item >= ? AND item < ?",
+                               (aid, prefix, prefix + "\uffff"))
+        return {item: Location(pack, row) for item, pack, row in rows}
+
+    def iter_items(self, path):
+        aid = self._aid(path)
+        if aid is None:
+            return
+        for item, pack, row in self.db.execute("SELECT item, pack, row FROM items WHERE aid=?", (aid,)):
+            yield item, Location(pack, row)
+
+    def packs(self, path):
+        aid = self._aid(path)
+        rows = self.db.execute("SELECT pack, status, run_id, created, items FROM packs WHERE aid=?", (aid,))
+        return [PackInfo(path, *row) for row in rows]
+
+    def pending_packs(self, older_than):
+        rows = self.db.execute(
+            "SELECT a.path, p.pack, p.status, p.run_id, p.created, p.items FROM packs p JOIN artifacts a USING(aid) "
+            "WHERE p.status='pending' AND p.created < ?", (older_than,))
+        return [PackInfo(*row) for row in rows]
+
+    def drop_pack(self, path, pack):
+        aid = self._aid(path)
+        with self._write() as db:
+            db.execute("DELETE FROM items WHERE aid=? AND pack=?", (aid, pack))
+            db.execute("DELETE FROM duplicates WHERE aid=? AND pack=?", (aid, pack))
+            db.execute("DELETE FROM packs WHERE aid=? AND pack=?", (aid, pack))
+
+    def duplicates(self, path):
+        aid = self._aid(path)
+        return [tuple(r) for r in self.db.execute("SELECT item, pack FROM duplicates WHERE aid=?", (aid,))]
+
+    # claims -------------------------------------------------------------------------------
+    def claim(self, path, items, run_id, live_after):
+        aid = self._aid(path)
+        with self._write() as db:
+            done = {item for item, _ in self._owners(db, aid, items)}
+            holders: dict[str, tuple[str, float | None]] = {}
+            for part in _chunks([i for i in items if i not in done]):
+                q = (f"SELECT c.item, c.run_id, r.heartbeat FROM claims c LEFT JOIN runs r "
+                     f"ON r.run_id = c.run_id AND r.status = 'running' "
+                     f"WHERE c.aid=? AND c.item IN ({','.join('?' * len(part))})")
+                holders.update({item: (owner, beat) for item, owner, beat in db.execute(q, (aid, *part))})
+            result = ClaimResult([], [], [])
+            for item in items:
+                owner, beat = holders.get(item, (None, None))
+                if item in done:
+                    result.done.append(item)
+                elif owner not in (None, run_id) and beat is not None and beat > live_after:
+                    result.held.append(item)
+                else:
+                    result.granted.append(item)
+            db.executemany("INSERT OR REPLACE INTO claims(aid, item, run_id) VALUES (?,?,?)",
+                           [(aid, item, run_id) for item in result.granted])
+        return result
+
+    def release(self, path, items, run_id):
+        aid = self._aid(path)
+        with self._write() as db:
+            db.executemany("DELETE FROM claims WHERE aid=? AND item=? AND run_id=?",
+                           [(aid, item, run_id) for item in items])
+
+    # runs ---------------------------------------------------------------------------------
+    def put_run(self, run_id, record, status):
+        now = time.time()
+        with self._write() as db:
+            db.execute("INSERT INTO runs(run_id, record, status, heartbeat, updated) VALUES (?,?,?,?,?) "
+                       "ON CONFLICT(run_id) DO UPDATE SET record=excluded.record, status=excluded.status, "
+                       "heartbeat=excluded.heartbeat, updated=excluded.updated",
+                       (run_id, json.dumps(record), status, now, now))
+
+    def heartbeat(self, run_id):
+        with self._write() as db:
+            db.execute("UPDATE runs SET heartbeat=? WHERE run_id=?", (time.time(), run_id))
+
+    def announce(self, run_id, path):
+        with self._write() as db:
+            db.execute("INSERT OR IGNORE INTO run_artifacts(run_id, aid) VALUES (?,?)", (run_id, self._aid(path)))
+
+    def runs(self):
+        named: dict[str, list[str]] = {}
+        for run_id, path in self.db.execute(
+                "SELECT ra.run_id, a.path FROM run_artifacts ra JOIN artifacts a USING(aid)"):
+            named.setdefault(run_id, []).append(path)
+        return [RunInfo(run_id, json.loads(record), status, beat, updated, sorted(named.get(run_id, [])))
+                for run_id, record, status, beat, updated in self.db.execute(
+                    "SELECT run_id, record, status, heartbeat, updated FROM runs")]
+
+    def drop_run(self, run_id):
+        with self._write() as db:
+            db.execute("DELETE FROM run_artifacts WHERE run_id=?", (run_id,))
+            db.execute("DELETE FROM runs WHERE run_id=?", (run_id,))
+
+    # input hashes -------------------------------------------------------------------------
+    def input_hashes(self, root):
+        rows = self.db.execute("SELECT rel, size, mtime_ns, sha256 FROM input_hashes WHERE root=?", (root,))
+        return {rel: (size, mtime, sha) for rel, size, mtime, sha in rows}
+
+    def save_input_hashes(self, root, entries):
+        with self._write() as db:
+            db.executemany("INSERT OR REPLACE INTO input_hashes(root, rel, size, mtime_ns, sha256) VALUES (?,?,?,?,?)",
+                           [(root, rel, *v) for rel, v in entries.items()])
+
+
+class _Txn:
+    """``with _Txn(conn) as db``: BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error)."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
