@@ -87,7 +87,8 @@ class ArtifactStore:
         try:
             attrs = json.loads(self.fs.cat_file(meta)).get("attributes", {})
         except FileNotFoundError:
-            listing = [e for e in self.fs.ls(self.root, detail=False)] if self.fs.exists(self.root) else []
+            self.fs.invalidate_cache(self.root)
+            listing = self.fs.ls(self.root, detail=False) if self.fs.exists(self.root) else []
             if listing:
                 raise StoreError(f"store {self.url}: not an anomflow store (it holds other files and no zarr.json); "
                                  "point --store at an empty or new folder") from None
@@ -110,7 +111,7 @@ class ArtifactStore:
         ref = self.ref(stage, key)
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         full = dict(record, stage=stage, key=key, created=created)
-        if isinstance(self.index, SqliteIndex) and self.index.artifact_record(ref.path) is None:
+        if isinstance(self.index, SqliteIndex) and "stage" not in (self.index.artifact_record(ref.path) or {}):
             self.fs.makedirs(f"{self.root}/{ref.path}", exist_ok=True)
             self.fs.pipe_file(f"{self.root}/{ref.path}/zarr.json", json.dumps(
                 {"zarr_format": 3, "node_type": "group", "attributes": full}).encode())
@@ -170,8 +171,11 @@ class ArtifactStore:
     # ---------------------------------------------------------------- fs helpers
     def rm(self, path: str) -> None:
         target = f"{self.root}/{path}"
-        if self.fs.exists(target):
+        self.fs.invalidate_cache(target)
+        try:
             self.fs.rm(target, recursive=True)
+        except FileNotFoundError:
+            pass
 
 
 class ArtifactView:

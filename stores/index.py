@@ -75,7 +75,9 @@ class Index(ABC):
     def artifacts(self) -> list[ArtifactSummary]: ...
 
     @abstractmethod
-    def drop_artifact(self, path: str) -> None: ...
+    def drop_artifact(self, path: str, unless_named: bool = False) -> bool:
+        """Forget an artifact; with ``unless_named``, only if no run names it (checked atomically where the
+        backend can). Returns whether it was dropped."""
 
     # packs and items -----------------------------------------------------------------------
     @abstractmethod
@@ -227,6 +229,9 @@ class SqliteIndex(Index):
     # artifacts -----------------------------------------------------------------------------
     def ensure_artifact(self, path, record):
         self._aid(path, record)
+        with self._write() as db:   # a run may have named it first (a placeholder record): fill it in
+            db.execute("UPDATE artifacts SET record=? WHERE path=? AND record NOT LIKE '%\"stage\"%'",
+                       (json.dumps(record), path))
 
     def artifact_record(self, path):
         row = self.db.execute("SELECT record FROM artifacts WHERE path=?", (path,)).fetchone()
@@ -238,14 +243,17 @@ class SqliteIndex(Index):
         return [ArtifactSummary(path, json.loads(record), created, *stats.get(aid, (0, 0, 0)))
                 for aid, path, record, created in self.db.execute("SELECT aid, path, record, created FROM artifacts")]
 
-    def drop_artifact(self, path):
+    def drop_artifact(self, path, unless_named=False):
         aid = self._aid(path)
         if aid is None:
-            return
+            return False
         with self._write() as db:
+            if unless_named and db.execute("SELECT 1 FROM run_artifacts WHERE aid=? LIMIT 1", (aid,)).fetchone():
+                return False
             for table in ("items", "packs", "duplicates", "claims", "run_artifacts", "artifacts"):
                 db.execute(f"DELETE FROM {table} WHERE aid=?", (aid,))
         self._aids.pop(path, None)
+        return True
 
     # packs and items -----------------------------------------------------------------------
     def begin_pack(self, path, pack, run_id):
@@ -371,8 +379,10 @@ class SqliteIndex(Index):
             db.execute("UPDATE runs SET heartbeat=? WHERE run_id=?", (time.time(), run_id))
 
     def announce(self, run_id, path):
+        self._aids.pop(path, None)          # re-resolve: gc may have dropped and a writer re-created it
+        aid = self._aid(path, {"path": path})
         with self._write() as db:
-            db.execute("INSERT OR IGNORE INTO run_artifacts(run_id, aid) VALUES (?,?)", (run_id, self._aid(path)))
+            db.execute("INSERT OR IGNORE INTO run_artifacts(run_id, aid) VALUES (?,?)", (run_id, aid))
 
     def runs(self):
         named: dict[str, list[str]] = {}

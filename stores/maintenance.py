@@ -50,18 +50,22 @@ def collect_garbage(store: ArtifactStore, grace_seconds: float = 3600, keep_runs
             store.index.drop_run(run_id)
     now = time.time()
     gone = set(removed["runs"])
-    runs = store.index.runs()   # read again: a run that started meanwhile names its artifacts
+    artifacts, pending = store.index.artifacts(), store.index.pending_packs(now + 1)
+    # Runs are read after the listings: a run names an artifact before it creates or writes it, so anything
+    # listed above that a run is about to use is already named here.
+    runs = store.index.runs()
     referenced = {p for r in runs if r.run_id not in gone for p in r.artifacts}
-    for art in store.index.artifacts():
+    live = {r.run_id for r in runs if store.is_live(r)}
+    referenced |= {p.artifact for p in pending if p.run_id in live}   # being written by a live run
+    for art in artifacts:
         if art.path in referenced or now - art.created < grace_seconds:
             continue
-        removed["artifacts"].append(art.path)
-        if not dry_run:
-            store.index.drop_artifact(art.path)
-            store.rm(art.path)
-    live = {r.run_id for r in runs if store.is_live(r)}
-    for pack in store.index.pending_packs(now - grace_seconds):
-        if pack.run_id in live or pack.artifact in removed["artifacts"]:
+        if dry_run or store.index.drop_artifact(art.path, unless_named=True):
+            removed["artifacts"].append(art.path)
+            if not dry_run:
+                store.rm(art.path)
+    for pack in pending:
+        if pack.created >= now - grace_seconds or pack.run_id in live or pack.artifact in removed["artifacts"]:
             continue
         removed["partial_writes"].append(f"{pack.artifact}/{pack.pack}")
         if not dry_run:

@@ -9,9 +9,10 @@ Layout under the store root (``<a>`` = ``<stage>/<key>``; an item id ``H.T`` is 
     _runs/<run_id>.json       {"record", "status", "heartbeat", "updated", "artifacts"}
     _inputs/<digest>.json     {"root", "entries": {relpath: [size, mtime_ns, sha256]}}
 
-A lookup of N items is N concurrent GETs (``fs.cat`` of a list), whatever the artifact held before. Claims are
-best effort: a write, then a read-back that yields to whichever run's claim landed last; a lost race costs a
-duplicate computation, never a wrong result (each pack is immutable, and the index entry names one of them).
+A lookup of N items is N concurrent GETs (``fs.cat`` of a list), whatever the artifact held before. A claim is
+an exclusive create (S3's If-None-Match: *), so two live runs never claim one item; taking over a lapsed claim
+is a write and a read-back, where a lost race costs a duplicate computation, never a wrong result (packs are
+immutable, and the index entry names one of them).
 """
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ class ObjectIndex(Index):
             self.fs.pipe({p: json.dumps(v).encode() for p, v in values.items()})
 
     def _ls(self, path: str) -> list[str]:
+        self.fs.invalidate_cache(path)   # other processes write here: never answer from a cached listing
         try:
             return [e.rstrip("/").rsplit("/", 1)[-1] for e in self.fs.ls(path, detail=False)]
         except FileNotFoundError:
@@ -67,7 +69,7 @@ class ObjectIndex(Index):
     # artifacts -----------------------------------------------------------------------------
     def ensure_artifact(self, path, record):
         meta = self._p(path, "zarr.json")
-        if not self.fs.exists(meta):
+        if not self._cat_json([meta]):
             self._put_json(meta, {"zarr_format": 3, "node_type": "group",
                                   "attributes": {**record, "created_epoch": time.time()}})
 
@@ -92,9 +94,18 @@ class ObjectIndex(Index):
                                            sum(v.get("nbytes", 0) for v in infos.values())))
         return out
 
-    def drop_artifact(self, path):
-        if self.fs.exists(self._p(path)):
-            self.fs.rm(self._p(path), recursive=True)
+    def _rm(self, path: str) -> None:
+        self.fs.invalidate_cache(path)
+        try:
+            self.fs.rm(path, recursive=True)
+        except FileNotFoundError:
+            pass
+
+    def drop_artifact(self, path, unless_named=False):
+        if unless_named and any(path in r.artifacts for r in self.runs()):
+            return False
+        self._rm(self._p(path))
+        return True
 
     # packs and items -----------------------------------------------------------------------
     def begin_pack(self, path, pack, run_id):
@@ -110,8 +121,9 @@ class ObjectIndex(Index):
         info = self._cat_json([self._p(path, "_packs", pack)]).get(self._p(path, "_packs", pack), {})
         self._put_json(self._p(path, "_packs", pack), {**info, "status": "committed", "items": len(items),
                                                        "nbytes": nbytes})
-        self.fs.rm([self._p(path, "_claims", _split(i)) for i in items
-                    if self.fs.exists(self._p(path, "_claims", _split(i)))])
+        claimed = list(self._claim_owners(path, items))
+        if claimed:
+            self.fs.rm([self._p(path, "_claims", _split(i)) for i in claimed])
         return dupes
 
     def lookup(self, path, items):
@@ -125,7 +137,8 @@ class ObjectIndex(Index):
 
     def iter_items(self, path):
         base = self._p(path, "_index") + "/"
-        found = [p for p in self.fs.find(self._p(path, "_index"))]
+        self.fs.invalidate_cache(self._p(path, "_index"))
+        found = list(self.fs.find(self._p(path, "_index")))
         for item, loc in self.lookup(path, [_join(p[len(base):]) for p in found]).items():
             yield item, loc
 
@@ -145,8 +158,7 @@ class ObjectIndex(Index):
 
     def drop_pack(self, path, pack):
         for target in (self._p(path, pack), self._p(path, "_dups", pack), self._p(path, "_packs", pack)):
-            if self.fs.exists(target):
-                self.fs.rm(target, recursive=True)
+            self._rm(target)
 
     def duplicates(self, path):
         return [(item, p.rsplit("/", 1)[-1]) for p, items in
@@ -160,25 +172,33 @@ class ObjectIndex(Index):
         return {paths[p]: b.decode() for p, b in raw.items()}
 
     def claim(self, path, items, run_id, live_after):
+        """Exclusive create of each claim object (S3 If-None-Match, memory's "xb"); a lapsed claim is taken over."""
         done = set(self.lookup(path, items))
-        owners = self._claim_owners(path, [i for i in items if i not in done])
+        result = ClaimResult([], [], [i for i in items if i in done])
+        contested: dict[str, str] = {}
+        for item in (i for i in items if i not in done):
+            try:
+                self.fs.pipe_file(self._p(path, "_claims", _split(item)), run_id.encode(), mode="create")
+                result.granted.append(item)
+            except FileExistsError:
+                contested[item] = ""
+        owners = self._claim_owners(path, list(contested))
         beats = {r.run_id: r.heartbeat for r in self._runs_named(set(owners.values()) - {run_id})
                  if r.status == "running"}
-        result = ClaimResult([], [], [])
-        for item in items:
+        lapsed = []
+        for item in contested:
             owner = owners.get(item)
-            if item in done:
-                result.done.append(item)
-            elif owner not in (None, run_id) and (beats.get(owner) or 0) > live_after:
+            if owner == run_id:
+                result.granted.append(item)
+            elif owner is not None and (beats.get(owner) or 0) > live_after:
                 result.held.append(item)
             else:
-                result.granted.append(item)
-        if result.granted:
-            self.fs.pipe({self._p(path, "_claims", _split(i)): run_id.encode() for i in result.granted})
-            after = self._claim_owners(path, result.granted)   # yield to a claim that landed after ours
-            lost = [i for i in result.granted if after.get(i, run_id) != run_id]
-            result.granted = [i for i in result.granted if i not in lost]
-            result.held += lost
+                lapsed.append(item)
+        if lapsed:   # the owner died or finished without committing: take over, yield if another run did too
+            self.fs.pipe({self._p(path, "_claims", _split(i)): run_id.encode() for i in lapsed})
+            after = self._claim_owners(path, lapsed)
+            result.granted += [i for i in lapsed if after.get(i) == run_id]
+            result.held += [i for i in lapsed if after.get(i) != run_id]
         return result
 
     def release(self, path, items, run_id):
@@ -218,8 +238,7 @@ class ObjectIndex(Index):
         return self._runs_named({n[:-5] for n in self._ls(self._p(RUNS)) if n.endswith(".json")})
 
     def drop_run(self, run_id):
-        if self.fs.exists(self._run_path(run_id)):
-            self.fs.rm(self._run_path(run_id))
+        self._rm(self._run_path(run_id))
 
     # input hashes -------------------------------------------------------------------------
     def _inputs_path(self, root: str) -> str:

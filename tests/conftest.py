@@ -61,3 +61,35 @@ def no_network(monkeypatch):
         raise AssertionError(f"network access attempted: {args}")
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+class S3Server:
+    """A real S3-compatible server (moto's) on 127.0.0.1, one bucket; ``options`` are s3fs storage options."""
+
+    def __init__(self):
+        from moto.server import ThreadedMotoServer
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.bucket = "anomflow-test"
+        self.options = {"endpoint_url": self.endpoint, "key": "test", "secret": "test"}
+        import s3fs
+
+        s3fs.S3FileSystem(**self.options).mkdir(self.bucket)
+
+    def env(self) -> dict[str, str]:
+        """Environment that lets a child process or the CLI reach this server with a plain s3:// URL."""
+        return {"AWS_ENDPOINT_URL_S3": self.endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    server = S3Server()
+    yield server
+    server.server.stop()

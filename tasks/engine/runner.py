@@ -115,10 +115,10 @@ def run_stage(store: ArtifactStore, stage: StageDef, work: Sequence[WorkItem], c
     alone; its image id and reason land in ``failures`` and the rest of the batch is committed.
     """
     start = time.perf_counter()
-    ref = replace(store.ensure_artifact(stage.name, stage.key, stage.record()), side=stage.side)
     own = None if run_id and session(run_id) else RunSession(store, run_id or new_run_id(), {"stage": stage.name})
     run = own or session(run_id)
-    run.announce(ref.path)
+    run.announce(f"{stage.name}/{stage.key}")     # named before it exists: gc never takes it from under us
+    ref = replace(store.ensure_artifact(stage.name, stage.key, stage.record()), side=stage.side)
     try:
         unique = list({w.item: w for w in work}.values())
         done = store.lookup(ref, [w.item for w in unique])

@@ -37,9 +37,9 @@ class BoxMaskMemo:
 
     def __init__(self, store: ArtifactStore, stage: StageDef, run_id: str | None = None):
         self.store, self.run_id = store, run_id
-        self.ref = store.ensure_artifact(stage.name, stage.key, stage.record())
         if run_id and session(run_id):
-            session(run_id).announce(self.ref.path)
+            session(run_id).announce(f"{stage.name}/{stage.key}")
+        self.ref = store.ensure_artifact(stage.name, stage.key, stage.record())
         self.view = store.open(self.ref)
         self._entries: dict[str, list[str]] = {}      # image -> committed entry ids, looked up on first use
         self._pending: list[tuple[str, ItemData]] = []

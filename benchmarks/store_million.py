@@ -1,0 +1,207 @@
+"""Figures 6 and 7 of bench_store.py: a warm check of 1,000 items in an artifact of 1 M, and ls/gc beside it.
+
+Artifacts are filled through ``ArtifactStore.write_batch`` (one scalar int64 per item, packs of
+``pack_items``); on S3 (moto) only the first pack is written through the store and the rest of the index
+entries are put straight into moto's backend (see store_moto.py), pointing at rows of that pack.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from store_moto import absent_id, item_id  # noqa: E402
+from stores import ArtifactStore, ItemData  # noqa: E402
+from stores.keys import sha256_text  # noqa: E402
+from stores.maintenance import collect_garbage, list_artifacts  # noqa: E402
+
+S3_OPTS = {"key": "test", "secret": "test"}
+
+
+def fill(store: ArtifactStore, stage: str, n: int, pack_items: int, run_id: str | None = None,
+         upto: int | None = None):
+    """An artifact of items item_id(0..n-1), written in packs; stops after ``upto`` items if given."""
+    ref = store.ensure_artifact(stage, sha256_text(f"{stage}-{n}"), {"version": 1, "params": {"n": n}})
+    for start in range(0, min(n, upto or n), pack_items):
+        rows = range(start, min(n, start + pack_items))
+        store.write_batch(ref, [(item_id(i), ItemData({"v": np.int64(i)})) for i in rows], run_id)
+    return ref
+
+
+def _query(n: int, seed: int = 0) -> list[str]:
+    """1,000 ids: 500 committed (random over the whole artifact), 500 never written."""
+    rng = random.Random(seed)
+    present = [item_id(i) for i in rng.sample(range(n), min(500, n))]
+    return present + [absent_id(i) for i in range(1000 - len(present))]
+
+
+def time_lookup(open_store, ref, n: int, repeats: int = 5) -> dict:
+    """Median seconds of ``store.lookup`` of 1,000 ids on a freshly opened store (half present)."""
+    ids, times = _query(n), []
+    for _ in range(repeats):
+        store = open_store()
+        start = time.perf_counter()
+        found = store.lookup(ref, ids)
+        times.append(time.perf_counter() - start)
+        assert len(found) == min(500, n), f"lookup found {len(found)} of {min(500, n)}"
+    return {"median_s": statistics.median(times), "all_s": times}
+
+
+# ------------------------------------------------------------------------------------------------ local
+def local(work: str, n: int, pack_items: int) -> dict:
+    """Fig. 6 (local): lookup of 1,000 ids in an artifact of ``n`` items and in one of 1,000."""
+    url = os.path.join(work, "store-million")
+    store = ArtifactStore(url)
+    start = time.perf_counter()
+    big = fill(store, "bench_million", n, pack_items)
+    fill_s = time.perf_counter() - start
+    small = fill(store, "bench_thousand", 1000, 1000)
+    out = {"backend": "local", "items": n, "pack_items": pack_items, "fill_s": fill_s,
+           "index_bytes": sum(os.path.getsize(os.path.join(url, f)) for f in os.listdir(url)
+                              if f.startswith("_index.sqlite")),
+           "lookup_big": time_lookup(lambda: ArtifactStore(url), big, n),
+           "lookup_1000": time_lookup(lambda: ArtifactStore(url), small, 1000)}
+    out["url"] = url
+    return out
+
+
+def _anomflow(*args: str) -> tuple[float, str]:
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "flows.cli.main", *args], capture_output=True, text=True,
+                          cwd=HERE.parent)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"anomflow {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return wall, proc.stdout
+
+
+def ls_gc(url: str, n: int) -> dict:
+    """Fig. 7: ``store ls`` and ``store gc`` beside the n-item artifact, a few small artifacts and runs."""
+    from stores.runs import RunSession
+
+    store = ArtifactStore(url)
+    for r in range(5):   # finished runs naming the big artifacts and a few small ones each
+        run = RunSession(store, f"bench-run-{r}", {"flow": "bench"})
+        run.announce(f"bench_million/{sha256_text(f'bench_million-{n}')}")
+        run.announce(f"bench_thousand/{sha256_text('bench_thousand-1000')}")
+        for k in range(2):
+            run.announce(fill(store, f"bench_small_{r}_{k}", 100, 8, run.run_id).path)
+        run.stop("complete")
+    orphans = [fill(store, f"bench_orphan_{k}", 50, 8).path for k in range(2)]   # no run names them
+
+    ls_wall, ls_out = _anomflow("store", "ls", "--store", url)
+    start = time.perf_counter()
+    infos = list_artifacts(store)
+    ls_inproc = time.perf_counter() - start
+    dry_wall, dry_out = _anomflow("store", "gc", "--store", url, "--grace-minutes", "0", "--dry-run")
+    start = time.perf_counter()
+    dry = collect_garbage(store, 0, dry_run=True)
+    dry_inproc = time.perf_counter() - start
+    gc_wall, gc_out = _anomflow("store", "gc", "--store", url, "--grace-minutes", "0")
+    orphans.append(fill(store, "bench_orphan_late", 50, 8).path)
+    time.sleep(0.01)
+    start = time.perf_counter()
+    real = collect_garbage(ArtifactStore(url), 0)
+    gc_inproc = time.perf_counter() - start
+    left = {a.path: a.items for a in list_artifacts(ArtifactStore(url))}
+    return {"artifacts": len(infos), "items_listed": sum(a.items for a in infos), "runs": len(store.index.runs()),
+            "ls_subprocess_s": ls_wall, "ls_inprocess_s": ls_inproc,
+            "gc_dry_subprocess_s": dry_wall, "gc_dry_inprocess_s": dry_inproc,
+            "gc_subprocess_s": gc_wall, "gc_inprocess_s": gc_inproc,
+            "gc_dry_would_remove": dry["artifacts"], "gc_removed": real["artifacts"],
+            "gc_cli_output": gc_out.strip().splitlines()[-1], "orphans": orphans,
+            "big_artifact_kept_items": max(left.values()), "ls_last_line": ls_out.strip().splitlines()[-1]}
+
+
+# ------------------------------------------------------------------------------------------------ s3
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MotoProcess:
+    """store_moto.py in a subprocess: an S3 endpoint on 127.0.0.1 whose index entries we can inject."""
+
+    def __init__(self):
+        self.port = _free_port()
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "store_moto.py"), str(self.port)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True)
+        assert self.proc.stdout.readline().strip() == "ready"
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def send(self, **cmd) -> str:
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip()
+
+    def close(self) -> None:
+        self.send(op="stop")
+        self.proc.wait(timeout=60)
+
+
+def s3(n: int) -> dict:
+    """Fig. 6 (S3 on moto): lookup of 1,000 ids in an artifact of n items (1 pack written, rest injected)."""
+    import s3fs
+
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        os.environ[k] = "test"
+    os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
+    moto = MotoProcess()
+    try:
+        opts = {**S3_OPTS, "endpoint_url": moto.endpoint}
+        s3fs.S3FileSystem(**opts).mkdir("bench")
+        url = "s3://bench/store"
+        open_store = lambda: ArtifactStore(url, storage_options=opts)  # noqa: E731
+        store = open_store()
+        start = time.perf_counter()
+        small = fill(store, "bench_thousand", 1000, 1000)
+        write_1000_s = time.perf_counter() - start
+        big = fill(store, "bench_million", n, 1000, upto=1000)
+        pack = store.index.packs(big.path)[0].pack
+        start = time.perf_counter()
+        reply = moto.send(op="inject_index", bucket="bench", prefix=f"store/{big.path}/_index", start=1000,
+                          stop=n, pack=pack, rows=1000)
+        inject_s = time.perf_counter() - start
+        out = {"backend": "s3 (moto, own process)", "items": n, "write_batch_1000_s": write_1000_s,
+               "injected": reply, "inject_s": inject_s,
+               "lookup_big": time_lookup(open_store, big, n), "lookup_1000": time_lookup(open_store, small, 1000)}
+        out["diagnostics"] = _s3_diagnostics(opts, store, big, n)
+        return out
+    finally:
+        moto.close()
+
+
+def _s3_diagnostics(opts: dict, store: ArtifactStore, ref, n: int) -> dict:
+    """The same 1,000 GETs straight through s3fs: as the index does them (a HEAD before each GET, since
+    s3fs's ``max_concurrency`` > 1), without the HEAD, and without it on a larger connection pool."""
+    import s3fs
+
+    from stores.object_index import _split
+
+    paths = [f"{store.root}/{ref.path}/_index/{_split(i)}" for i in _query(n)]
+    out = {}
+    variants = {"as_index_does": ({}, {}), "max_concurrency_1": ({}, {"max_concurrency": 1}),
+                "max_concurrency_1_pool_64": ({"config_kwargs": {"max_pool_connections": 64}},
+                                              {"max_concurrency": 1})}
+    for name, (fs_kw, cat_kw) in variants.items():
+        fs = s3fs.S3FileSystem(**opts, **fs_kw, skip_instance_cache=True)
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            fs.cat(paths, on_error="omit", **cat_kw)
+            times.append(time.perf_counter() - start)
+        out[name + "_median_s"] = statistics.median(times)
+    return out
