@@ -43,6 +43,8 @@ def migrate_v1(source_url: str, target: ArtifactStore) -> dict[str, int]:
                 continue
             for key_dir in fs.ls(stage_dir, detail=False):
                 key = key_dir.rstrip("/").rsplit("/", 1)[-1]
+                if not fs.isdir(key_dir):
+                    continue
                 record = zarr.open_group(old, path=f"{stage}/{key}", mode="r").attrs.asdict()
                 record = {k: v for k, v in record.items() if k not in ("stage", "key", "created")}
                 ref = target.ensure_artifact(stage, key, record)

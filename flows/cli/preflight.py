@@ -112,3 +112,15 @@ def check_inputs(config: object, kind: str, root: str, categories: list[str] | N
             expert_table(config.expert_table, kind)
     except (DatasetError, ExpertError) as exc:
         raise UsageError(" ".join(str(exc).split())) from None
+
+
+def open_store(url: str) -> None:
+    """Open (or create) the store: a wrong layout, a folder that is not a store, an unreachable bucket."""
+    from stores import ArtifactStore, StoreError
+
+    try:
+        ArtifactStore(url).index.close()
+    except StoreError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"--store {url}: cannot open the store ({type(exc).__name__}: {exc})") from None

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import typer
 
-from flows.cli.preflight import UsageError, check_dir_target, check_inputs, check_outputs
+from flows.cli.preflight import UsageError, check_dir_target, check_inputs, check_outputs, open_store
 from flows.cli.summary import print_summary
 
 DEFAULT_STORE = os.environ.get("ANOMFLOW_STORE", str(Path.home() / ".cache" / "anomflow" / "store"))
@@ -49,6 +49,8 @@ def execute(method: str, dataset: str, root: str, categories: list[str] | None, 
     from tasks.models.registry import default_models_dir
     from tasks.models.resolve import resolve_models
     from tasks.models.weights import WeightsMissingError
+    from stores.runs import stop_session
+    from tasks.report.finish import ReportError
     from tasks.saa_plus.expert import ExpertError
 
     dataset = dataset.strip().lower()
@@ -68,6 +70,7 @@ def execute(method: str, dataset: str, root: str, categories: list[str] | None, 
     try:
         check_outputs(store, out, save_maps, create_parents=frozenset({DEFAULT_STORE, DEFAULT_ABLATE_OUT}))
         check_inputs(config, dataset, root, categories)
+        open_store(store)
     except UsageError as exc:
         fail_usage(str(exc))
     for note in notes:
@@ -78,7 +81,14 @@ def execute(method: str, dataset: str, root: str, categories: list[str] | None, 
     try:
         return flow_fn(config=config, ctx=ctx, dataset=spec, out_dir=out, save_maps_dir=save_maps)
     except (DatasetError, WeightsMissingError, ExpertError) as exc:
+        stop_session(ctx.run_id, "failed", error=str(exc))
         fail_usage(str(exc))
+    except ReportError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(EXIT_ERROR)
+    except BaseException as exc:
+        stop_session(ctx.run_id, "failed", error=f"{type(exc).__name__}: {exc}")
+        raise
 
 
 def run(

@@ -18,6 +18,19 @@ from tasks.report.report_html import render_html
 from tasks.report.report_json import build_report, write_json_atomic
 
 
+class ReportError(RuntimeError):
+    """The stages finished but their report could not be written; the message says what was kept."""
+
+
+def _kept(ctx: RunContext, state: RunState, what: str, exc: OSError) -> ReportError:
+    reason = exc.strerror or str(exc)
+    state.record(ctx, "failed", error=f"{what}: {reason}")
+    done = sum(s.computed for s in state.stages)
+    return ReportError(f"{what}: {reason}. Nothing computed is lost: {done} newly computed items are kept in "
+                       f"store {ctx.store_url} (run {state.run_id}); rerun the same command to write the report "
+                       "without recomputing them.")
+
+
 @task(cache_policy=NO_CACHE, persist_result=False)
 def write_reports(out_dir: str, report: dict, categories: list[CategoryResult]) -> str:
     os.makedirs(out_dir, exist_ok=True)
@@ -39,14 +52,20 @@ def finish_run(ctx: RunContext, state: RunState, maps: ArtifactRef | dict[str, A
     by_category = defaultdict(list)
     for item in state.alive:
         by_category[item.record.category].append(item)
-    categories = [evaluate_category(ctx, cat, items, maps[cat] if isinstance(maps, dict) else maps, resolution,
-                                    normalise, save_maps_dir)
-                  for cat, items in sorted(by_category.items())]
+    try:
+        categories = [evaluate_category(ctx, cat, items, maps[cat] if isinstance(maps, dict) else maps, resolution,
+                                        normalise, save_maps_dir)
+                      for cat, items in sorted(by_category.items())]
+    except OSError as exc:
+        raise _kept(ctx, state, f"could not write the maps to {save_maps_dir}", exc) from None
     dataset = {**asdict(state.dataset), "images": len(state.records),
                "categories": sorted({r.category for r in state.records})}
     report = build_report(state.method, state.config, state.models, dataset, categories, state.tracker.failures,
                           state.stages, time.perf_counter() - state.started, state.run_id,
                           state.model_load_seconds(), state.notes)
-    path = write_reports(out_dir, report, categories)
+    try:
+        path = write_reports(out_dir, report, categories)
+    except OSError as exc:
+        raise _kept(ctx, state, f"could not write the report to {out_dir}", exc) from None
     state.record(ctx, "complete")
     return {"report": path, "report_data": report, "exit_code": 3 if report["failures"] else 0}
