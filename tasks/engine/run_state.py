@@ -40,6 +40,7 @@ class RunState:
     stages: list[StageStats] = field(default_factory=list)
     artifacts: list[ArtifactRef] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)   # warnings a reader of the report must see
+    files_hashed: int = 0                             # input files read to hash them (unchanged files are not)
     load_seconds_before: dict[str, float] = field(default_factory=lambda: dict(calls.LOAD_SECONDS))
 
     def model_load_seconds(self) -> dict[str, float]:
@@ -87,6 +88,8 @@ def start_run(ctx: RunContext, method: str, config: dict[str, Any], dataset: Dat
     RunSession(ctx.store, ctx.run_id, {"method": method, "dataset": dataset.root, "models": model_names})
     records = load_dataset(dataset.kind, dataset.root, list(dataset.categories) if dataset.categories else None,
                            dataset.split)
-    items, failures = prepare_images(records, dataset.root, HashCache(ctx.store.index, dataset.root), side_inputs)
+    hashes = HashCache(ctx.store.index, dataset.root)
+    items, failures = prepare_images(records, dataset.root, hashes, side_inputs)
     models = [model_identity(n, ctx.models_dir, ctx.random_weights).as_dict() for n in model_names]
-    return RunState(ctx.run_id, method, config, dataset, records, FailureTracker(items, dict(failures)), models)
+    return RunState(ctx.run_id, method, config, dataset, records, FailureTracker(items, dict(failures)), models,
+                    files_hashed=hashes.hashed)

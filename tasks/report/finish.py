@@ -58,7 +58,7 @@ def finish_run(ctx: RunContext, state: RunState, maps: ArtifactRef | dict[str, A
                       for cat, items in sorted(by_category.items())]
     except OSError as exc:
         raise _kept(ctx, state, f"could not write the maps to {save_maps_dir}", exc) from None
-    dataset = {**asdict(state.dataset), "images": len(state.records),
+    dataset = {**asdict(state.dataset), "images": len(state.records), "files_hashed": state.files_hashed,
                "categories": sorted({r.category for r in state.records})}
     report = build_report(state.method, state.config, state.models, dataset, categories, state.tracker.failures,
                           state.stages, time.perf_counter() - state.started, state.run_id,
