@@ -225,6 +225,13 @@ def data_bytes(root) -> int:
     return total
 
 
+def git_state() -> str:
+    """HEAD and the files changed beside it (the store may be edited while the benchmark runs)."""
+    git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, cwd=REPO).stdout.strip()  # noqa: E731
+    dirty = [line[3:] for line in git("status", "--short").splitlines() if line[3:].startswith(("stores/", "tasks/"))]
+    return git("rev-parse", "--short", "HEAD") + (f" + uncommitted {', '.join(dirty)}" if dirty else "")
+
+
 # ---------------------------------------------------------------------------------------------- table
 def headline(figs: dict) -> dict[str, float | str]:
     """ROWS key -> measured figure, from whichever figures were run."""
@@ -281,7 +288,8 @@ def main() -> None:
             result["figures"][str(n)] = getattr(bench, f"fig{n}")()
             result["figures"][str(n)]["bench_seconds"] = time.perf_counter() - start
             print(f"figure {n}: {time.perf_counter() - start:.0f} s", flush=True)
-            result.update(params=bench.p, machine=f"{os.cpu_count()} cores", created=time.strftime("%Y-%m-%d %H:%M"))
+            result.update(params=bench.p, machine=f"{os.cpu_count()} cores", created=time.strftime("%Y-%m-%d %H:%M"),
+                          code=git_state())
             result["headline"] = headline(result["figures"])
             dest.write_text(json.dumps(result, indent=2))
     finally:

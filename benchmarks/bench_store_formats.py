@@ -1,8 +1,7 @@
 """How to commit a *batch* of per-image items to a Zarr v3 store: three mechanisms, local disk and S3 (moto).
 
 (a) own packs  one Zarr group per batch (stacked + CSR arrays, one chunk each); the group's attributes, written
-               after its arrays, are the commit record. a_packs uses create_array; a_packs_direct writes the same
-               zarr.json documents itself (create_array checks and creates every parent group, per array).
+               after its arrays, are the commit record. This is stores/packs.py itself, the code the store runs.
 (b) icechunk   fixed arrays per artifact (item axis 2**30, one chunk per item); one session + commit per batch;
                plus 2 concurrent writer processes on one branch, and commit time against repository history.
 (c) sharding   one array per artifact-array, item axis 2**30, one shard = 8 items = one batch = one writer; the
@@ -34,11 +33,13 @@ import icechunk
 import numpy as np
 import zarr
 import zarr.api.asynchronous as za
-from zarr.core.array import AsyncArray
 from zarr.core.buffer import default_buffer_prototype as proto
 from zarr.core.group import AsyncGroup, GroupMetadata
 from zarr.core.sync import sync
-from zarr.storage import FsspecStore, LocalStore, MemoryStore, StorePath
+from zarr.storage import FsspecStore, LocalStore, StorePath
+
+from stores import packs
+from stores.packs import ItemData
 
 K, C, E, HW, MAXN, CAP = 8, 32, 64, 256, 12, 2**30   # items/batch, embedding C x E x E, mask H=W, max boxes, slots
 NAMES = ("embedding", "boxes", "masks")
@@ -119,61 +120,31 @@ async def _read_slots(arrs: dict, attrs: dict, k: int, i: int | None) -> list[tu
              mk[j * MAXN:j * MAXN + attrs["ns"][it]], attrs["meta"][it]) for j, it in enumerate(its)]
 
 
-# ---------------------------------------------------------------- (a) own packs
-async def _write_pack(store, path: str, batch: dict, direct: bool) -> None:
-    data = {"embedding": batch["emb"], "boxes": np.concatenate(batch["boxes"]), "masks": np.concatenate(batch["masks"])}
-
-    async def put(name, arr):
-        kw = dict(shape=arr.shape, dtype=arr.dtype, chunks=tuple(max(1, s) for s in arr.shape), chunk_key_encoding=ENC,
-                  config={"write_empty_chunks": True})
-        if not direct:   # ensure_no_existing_node + set_if_not_exists of "", saa, saa/k0 and the pack, per array
-            a = await za.create_array(store, name=f"{path}/{name}", **kw)
-        else:            # the same metadata built in memory, then 1 PUT of zarr.json
-            t = await za.create_array(MemoryStore(), **kw)
-            a = AsyncArray(t.metadata, StorePath(store, f"{path}/{name}"), t.config)
-            await store.set(f"{path}/{name}/zarr.json", t.metadata.to_buffer_dict(proto())["zarr.json"])
-        if arr.size:
-            await a.setitem(slice(None), arr)
-    await asyncio.gather(*(put(n, a) for n, a in data.items()))
-    # Commit record. create_array (not direct) already wrote an attribute-less <path>/zarr.json for the implicit
-    # parent group, so "committed" means: its attributes have "ids".
-    await _put_group(store, path, {"ids": batch["ids"], "meta": batch["meta"],
-                                   "offsets": np.concatenate([[0], np.cumsum(batch["ns"])]).tolist()})
-
-
-def write_pack_a(store, path: str, batch: dict, direct: bool = False) -> None:
-    """Commit one batch as a pack: all its arrays concurrently under ONE sync(), then the group's attributes."""
-    sync(_write_pack(store, path, batch, direct))
-
-
-async def _read_pack(store, path: str) -> list[tuple]:
-    """All items of a pack: one chunk per array, so reading one item costs the same I/O."""
-    attrs = await _attrs(store, path)
-    assert "ids" in attrs, f"uncommitted pack {path}"
-    arrs, o = await _open(store, [f"{path}/{n}" for n in NAMES]), attrs["offsets"]
-    emb, bx, mk = await asyncio.gather(*(a.getitem(slice(None)) for a in arrs.values()))
-    return [(attrs["ids"][i], emb[i], bx[o[i]:o[i + 1]], mk[o[i]:o[i + 1]], attrs["meta"][i]) for i in range(K)]
-
-
+# ---------------------------------------------------------------- (a) own packs, as shipped
 class Packs:
-    name, direct = "a_packs", False
+    """(a) through stores/packs.py, the code the store runs: the pack encoded in memory, every file one PUT
+    in flight at once (no existence checks), the pack record last."""
+
+    name = "a_packs"
 
     def __init__(self, store, _):
         self.store, self.root = store, "saa/k0"
-        for p in ("", "saa", self.root) if self.direct else ():   # parents once, at artifact creation
-            sync(_put_group(store, p, {}))
 
     def write(self, batch):
-        write_pack_a(self.store, path := f"{self.root}/{uuid.uuid4().hex}", batch, self.direct)
+        path = f"{self.root}/{uuid.uuid4().hex}"
+        items = [ItemData({"embedding": batch["emb"][i], "boxes": batch["boxes"][i], "masks": batch["masks"][i]},
+                          batch["meta"][i]) for i in range(K)]
+        packed, record = packs.encode(batch["ids"], items)
+        packs.sync(packs.write_pack(self.store, path, packed, record))
         return path
 
     def read(self, loc, i=None):
-        items = sync(_read_pack(self.store, loc))
-        return items if i is None else items[i:i + 1]
-
-
-class PacksDirect(Packs):
-    name, direct = "a_packs_direct", True
+        record = packs.sync(packs.read_record(self.store, loc))
+        assert record is not None, f"uncommitted pack {loc}"
+        rows = list(range(K)) if i is None else [i]
+        got = packs.sync(packs.read_rows(self.store, loc, record, rows))
+        return [(record["items"][r], g["embedding"], g["boxes"], g["masks"], record["meta"][r])
+                for r, g in zip(rows, got)]
 
 
 # ---------------------------------------------------------------- (c) sharding, one writer per shard
@@ -446,7 +417,7 @@ def main() -> None:
                 spec_fn = lambda p, ep=ep: ("s3", ep, p)  # noqa: E731
             else:
                 spec_fn = lambda p: ("local", os.path.join(work, p))  # noqa: E731
-            for cls in (Packs, PacksDirect, Ice, Shards):
+            for cls in (Packs, Ice, Shards):
                 root = os.path.join(work, f"{backend}-{cls.name}")
                 store = (LocalStore(root) if backend == "local" else
                          FsspecStore.from_url(f"s3://{BUCKET}/{cls.name}", storage_options=opts))

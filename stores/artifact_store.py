@@ -60,14 +60,18 @@ def _before_commit_hook(path: str) -> None:
 
 
 def _open_backend(url: str, storage_options: dict | None):
-    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    options = dict(storage_options or {})
+    if url.startswith(("s3://", "s3a://")):
+        # s3fs sends a HEAD before every whole-object GET when max_concurrency > 1: one request per read instead
+        options.setdefault("max_concurrency", 1)
+    fs, root = fsspec.core.url_to_fs(url, **options)
     root = root.rstrip("/") or root
     if isinstance(fs, LocalFileSystem):
         if os.path.isfile(root):
             raise StoreError(f"store {url}: is a file, not a directory")
         os.makedirs(root, exist_ok=True)
         return fs, root, LocalStore(root)
-    zstore = FsspecStore.from_url(url, storage_options=storage_options)
+    zstore = FsspecStore.from_url(url, storage_options=options)
     return fs, root, zstore
 
 
@@ -219,6 +223,8 @@ class ArtifactView:
             if record is None:
                 raise KeyError(f"{self.ref.path}: pack {pack} has no commit record (partial or removed write)")
             self._records[pack] = record
+            for row, item in enumerate(record["items"]):   # a committed pack's items need no further lookups
+                self._where.setdefault(item, Location(pack, row))
         return self._records[pack]
 
     def read(self, item: str, names: list[str] | None = None) -> ItemData:
