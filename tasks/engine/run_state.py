@@ -41,6 +41,7 @@ class RunState:
     artifacts: list[ArtifactRef] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)   # warnings a reader of the report must see
     files_hashed: int = 0                             # input files read to hash them (unchanged files are not)
+    timings: dict[str, float] = field(default_factory=dict)   # seconds: inputs, evaluation, report
     load_seconds_before: dict[str, float] = field(default_factory=lambda: dict(calls.LOAD_SECONDS))
 
     def model_load_seconds(self) -> dict[str, float]:
@@ -85,6 +86,7 @@ def start_run(ctx: RunContext, method: str, config: dict[str, Any], dataset: Dat
               model_names: list[str], side_inputs: tuple[str, ...] = ()) -> RunState:
     """Open the run record, load the dataset records, hash the images (and the side inputs the run's stages
     read, e.g. ground-truth masks for oracle stages), and pin the model identities."""
+    started = time.perf_counter()
     RunSession(ctx.store, ctx.run_id, {"method": method, "dataset": dataset.root, "models": model_names})
     records = load_dataset(dataset.kind, dataset.root, list(dataset.categories) if dataset.categories else None,
                            dataset.split)
@@ -92,4 +94,5 @@ def start_run(ctx: RunContext, method: str, config: dict[str, Any], dataset: Dat
     items, failures = prepare_images(records, dataset.root, hashes, side_inputs)
     models = [model_identity(n, ctx.models_dir, ctx.random_weights).as_dict() for n in model_names]
     return RunState(ctx.run_id, method, config, dataset, records, FailureTracker(items, dict(failures)), models,
-                    files_hashed=hashes.hashed)
+                    started=started, files_hashed=hashes.hashed,
+                    timings={"inputs": round(time.perf_counter() - started, 3)})

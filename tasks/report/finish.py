@@ -52,17 +52,20 @@ def finish_run(ctx: RunContext, state: RunState, maps: ArtifactRef | dict[str, A
     by_category = defaultdict(list)
     for item in state.alive:
         by_category[item.record.category].append(item)
+    evaluation_started = time.perf_counter()
     try:
         categories = [evaluate_category(ctx, cat, items, maps[cat] if isinstance(maps, dict) else maps, resolution,
                                         normalise, save_maps_dir)
                       for cat, items in sorted(by_category.items())]
     except OSError as exc:
         raise _kept(ctx, state, f"could not write the maps to {save_maps_dir}", exc) from None
+    state.timings["evaluation"] = round(time.perf_counter() - evaluation_started, 3)
+    state.timings["stages"] = round(sum(st.seconds for st in state.stages), 3)
     dataset = {**asdict(state.dataset), "images": len(state.records), "files_hashed": state.files_hashed,
                "categories": sorted({r.category for r in state.records})}
     report = build_report(state.method, state.config, state.models, dataset, categories, state.tracker.failures,
                           state.stages, time.perf_counter() - state.started, state.run_id,
-                          state.model_load_seconds(), state.notes)
+                          state.model_load_seconds(), state.notes, state.timings)
     try:
         path = write_reports(out_dir, report, categories)
     except OSError as exc:

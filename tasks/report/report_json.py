@@ -24,7 +24,8 @@ def detail_text(detail: dict[str, int] | None) -> str:
 
 def build_report(method: str, config: dict, models: list[dict], dataset: dict, categories: list[CategoryResult],
                  failures: dict[str, str], stages: list[StageStats], wall_seconds: float, run_id: str,
-                 model_load_seconds: dict[str, float], notes: list[str] | None = None) -> dict:
+                 model_load_seconds: dict[str, float], notes: list[str] | None = None,
+                 timings: dict[str, float] | None = None) -> dict:
     per_cat = {c.category: c.metrics for c in categories if c.metrics is not None}
     metrics: dict[str, Any] = {k: {m: v.get(m) for m in METRIC_KEYS} for k, v in per_cat.items()}
     if per_cat:
@@ -51,6 +52,7 @@ def build_report(method: str, config: dict, models: list[dict], dataset: dict, c
                     "seconds": round(s.seconds, 3), **({"detail": s.detail} if s.detail else {})}
                    for s in stages],
         "wall_seconds": round(wall_seconds, 3),
+        "timings": dict(timings or {}),
         "model_load_seconds": model_load_seconds,
     }
 
