@@ -98,11 +98,12 @@ def stage_worker(url: str, options: dict | None, n: int, out: str, kill_after: i
     store = ArtifactStore(url, options, liveness_seconds=liveness)
     if kill_after is not None:
         commits = {"n": 0}
+        in_process = threading.current_thread() is threading.main_thread()   # a spawned child, not a thread
 
         def hook(path: str) -> None:
             commits["n"] += 1
             if commits["n"] > kill_after:
-                if threading.current_thread() is threading.main_thread():
+                if in_process:
                     os.kill(os.getpid(), signal.SIGKILL)
                 raise Killed()
 
