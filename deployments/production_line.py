@@ -25,7 +25,8 @@ def build_deployment(method: str, root: str, cron: str, store: str, out: str, ov
     config_cls, flow_fn = method_table()[method]
     config = apply_overrides(config_cls(), overrides)
     ctx = RunContext(store_url=store, models_dir=str(models_dir or default_models_dir()),
-                     dataset_root=os.path.abspath(root), batch_size=config.batch_size, progress=False)
+                     dataset_root=os.path.abspath(root), batch_size=config.batch_size, progress=False,
+                     run_id="")   # each scheduled run takes a fresh run id (overlapping runs must not share one)
     params = {"config": config, "ctx": ctx, "dataset": DatasetSpec("folder", os.path.abspath(root)), "out_dir": out}
     return flow_fn.to_deployment(name=name or f"{method}-{Path(root).name}", cron=cron, parameters=params,
                                  tags=["anomflow", method, "production-line"])

@@ -14,6 +14,7 @@ from tasks.saa.regions import BoxFilter
 @flow(name="saa", persist_result=False)
 def saa_flow(config: SAAConfig, ctx: RunContext, dataset: DatasetSpec, out_dir: str,
              save_maps_dir: str | None = None) -> dict:
+    ctx = ctx.started()
     uses_sam = config.refiner == "sam"
     uses_gdino = config.region_generator == "grounding_dino"
     model_names = [config.models.sam] * uses_sam + [config.models.detector] * uses_gdino

@@ -89,6 +89,7 @@ def _category(ctx: RunContext, run: RunState, cfg: SAAPlusConfig, cp: CategoryPr
 @flow(name="saa-plus", persist_result=False)
 def saa_plus_flow(config: SAAPlusConfig, ctx: RunContext, dataset: DatasetSpec, out_dir: str,
                   save_maps_dir: str | None = None) -> dict:
+    ctx = ctx.started()
     uses_sam, uses_gdino = _uses(config)
     models = [config.models.sam] * uses_sam + [config.models.detector] * uses_gdino + \
         [config.models.saliency] * config.prompts.saliency

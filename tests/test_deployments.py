@@ -14,6 +14,10 @@ def test_deployment_carries_schedule_and_parameters(tmp_path):
     assert dep.schedules[0].schedule.cron == "*/30 * * * *"
     assert dep.parameters["config"].box_threshold == 0.2
     assert dep.parameters["dataset"].kind == "folder" and "production-line" in dep.tags
+    ctx = dep.parameters["ctx"]
+    assert ctx.run_id == ""                                   # every scheduled run takes its own run id
+    first, second = ctx.started(), ctx.started()
+    assert first.run_id and second.run_id and first.run_id != second.run_id
 
 
 def test_deployment_rejects_unknown_settings(tmp_path):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 from stores import ArtifactStore
@@ -32,6 +32,11 @@ class RunContext:
     batch_size: int = 4
     progress: bool = True
     run_id: str = field(default_factory=new_run_id)   # names the run record, its claims and announcements
+
+    def started(self) -> "RunContext":
+        """This context with a run id. A scheduled deployment stores its context with an empty one, so that
+        each of its runs (which may overlap) gets its own run record and claims."""
+        return self if self.run_id else replace(self, run_id=new_run_id())
 
     @cached_property
     def store(self) -> ArtifactStore:
