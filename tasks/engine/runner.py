@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
@@ -128,7 +127,6 @@ def run_stage(store: ArtifactStore, stage: StageDef, work: Sequence[WorkItem], c
         failures: dict[str, str] = {}
         bar = tqdm(total=len(todo), desc=stage.name, unit="item", disable=not progress or not todo, leave=False)
         pending, held, wait = list(todo), [], _POLL_SECONDS
-        writer = _Committer(store, ref, run.run_id)
         while pending or held:
             if not pending:                       # only items other runs are computing: wait for them
                 time.sleep(wait)
@@ -142,9 +140,8 @@ def run_stage(store: ArtifactStore, stage: StageDef, work: Sequence[WorkItem], c
             granted = set(claim.granted)
             batch = [w for w in batch if w.item in granted]
             if batch:
-                _compute_and_commit(store, ref, run.run_id, stage.name, compute, batch, stats, failures, writer)
+                _compute_and_commit(store, ref, run.run_id, stage.name, compute, batch, stats, failures)
             bar.update(len(batch) + len(claim.done))
-        writer.drain(close=True)
         bar.close()
         if not stats.detail.get("from_other_runs"):
             stats.detail.pop("from_other_runs", None)
@@ -155,33 +152,8 @@ def run_stage(store: ArtifactStore, stage: StageDef, work: Sequence[WorkItem], c
     return StageResult(ref, stats, failures)
 
 
-class _Committer:
-    """Commits packs on one background thread, so that a batch's write overlaps the next batch's compute.
-
-    At most one pack is in flight (memory stays bounded by two batches); :meth:`drain` waits for it, and a
-    failed write raises there or at the next submit. A pack counts as committed only once its write returns.
-    """
-
-    def __init__(self, store: ArtifactStore, ref: ArtifactRef, run_id: str):
-        self.store, self.ref, self.run_id = store, ref, run_id
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pack-writer")
-        self._inflight: Future | None = None
-
-    def submit(self, items: list[tuple[str, ItemData]]) -> None:
-        self.drain()
-        self._inflight = self._pool.submit(self.store.write_batch, self.ref, items, self.run_id)
-
-    def drain(self, close: bool = False) -> None:
-        if self._inflight is not None:
-            inflight, self._inflight = self._inflight, None
-            inflight.result()
-        if close:
-            self._pool.shutdown()
-
-
 def _compute_and_commit(store: ArtifactStore, ref: ArtifactRef, run_id: str, name: str, compute: ComputeFn,
-                        batch: list[WorkItem], stats: StageStats, failures: dict[str, str],
-                        writer: _Committer) -> None:
+                        batch: list[WorkItem], stats: StageStats, failures: dict[str, str]) -> None:
     """Compute one claimed batch; commit what succeeded as one pack, release the claims of what failed."""
     ok: list[tuple[str, ItemData]] = []
     failed: list[str] = []
@@ -196,7 +168,7 @@ def _compute_and_commit(store: ArtifactStore, ref: ArtifactRef, run_id: str, nam
         else:
             ok.append((w.item, outcome))
     if ok:
-        writer.submit(ok)
+        store.write_batch(ref, ok, run_id)
         stats.computed += len(ok)
     if failed:
         store.release(ref, failed, run_id)
