@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 from bench_saa import _timed, bare, orchestrated  # noqa: E402
 
 FULL = dict(cats=2, imgs=24, size=256, cats800=4, imgs800=200, size800=128, cats51=3, imgs51=17,
-            million=1_000_000, s3_items=1_000_000, pack=10_000, query=1000, bare_per_cat=16, warm_repeats=3)
+            million=1_000_000, s3_items=1_000_000, pack=10_000, query=1000, bare_per_cat=16, warm_repeats=5)
 QUICK = dict(cats=2, imgs=4, size=128, cats800=2, imgs800=10, size800=128, cats51=3, imgs51=2,
              million=20_000, s3_items=2_000, pack=5_000, query=100, bare_per_cat=4, warm_repeats=1)
 # (figure label, before, target, lower is better) -- before: the issue's figures for layout 1
@@ -45,9 +45,13 @@ ROWS = {"inodes_saa": ("inodes per image, SAA", "95", 16),
         "bytes_plus": ("bytes on disk / bytes of data, SAA+", "-", 1.2),
         "round_trips": ("store round trips per image, SAA cold", "49", 8),
         "warm800": ("warm rerun, 800 images: ms per image beyond start-up", "32", 5),
+        "warm800_store": ("  same, the store's part in-process: lookups + map reads (ms)", "-", 5),
         "ratio51": ("warm rerun of 51: store with 851 / own store (flow wall)", "2.4", 1.1),
+        "ratio51_noeval": ("  same, flow wall without evaluation (metrics)", "-", 1.1),
+        "ratio51_store": ("  same, the store's part in-process: lookups + map reads", "-", 1.1),
         "lookup_local": ("warm check of 1,000 in 1 M items, local (s)", "walks 1 M", 1),
         "lookup_s3": ("warm check of 1,000 in 1 M items, S3/moto (s)", "walks 1 M", 5),
+        "lookup_s3_small": ("  same in 1,000 items, S3/moto (s)", "-", None),
         "ls": ("`store ls`, 1 M items, local (s)", "walks every item", 5),
         "gc": ("`store gc`, 1 M items, local (s)", "walks every item", 30),
         "cold_bare_tiny": ("cold/bare per image, tiny models", "3.2", None),
@@ -83,7 +87,7 @@ class Bench:
         load_s = sum(report["model_load_seconds"].values())
         return {"tag": tag, "images": report["dataset"]["images"], "process_wall_s": wall,
                 "flow_wall_s": report["wall_seconds"], "stage_s": stage_s, "model_load_s": load_s,
-                "image_work_s": stage_s - load_s, "peak_rss_mb": rss,
+                "image_work_s": stage_s - load_s, "peak_rss_mb": rss, "timings": report.get("timings", {}),
                 "stages": {s["name"]: [s["computed"], s["reused"], s["seconds"]] for s in report["stages"]}}
 
     def cold(self, key: str, method: str, data: str) -> dict:
@@ -142,10 +146,15 @@ class Bench:
     def fig4(self) -> dict:
         b = self.cold("800", "saa", self._data800())
         warm = self.flow("saa", self._data800(), b["store"], "800-warm")
-        n = warm["images"]
-        return {"images": n, "cold": b["run"], "warm": warm, "warm_image_work_ms_per_image": 1000 * warm[
-            "image_work_s"] / n, "warm_flow_wall_ms_per_image": 1000 * warm["flow_wall_s"] / n,
-                "warm_process_wall_s": warm["process_wall_s"]}
+        n, t = warm["images"], warm["timings"]
+        reads = store_ops(b["store"], warm_plan(b["store"]))
+        return {"images": n, "cold": b["run"], "warm": warm,
+                "warm_image_work_ms_per_image": 1000 * warm["image_work_s"] / n,
+                "warm_input_hashing_ms_per_image": 1000 * t.get("inputs", float("nan")) / n,
+                "warm_evaluation_ms_per_image": 1000 * t.get("evaluation", float("nan")) / n,
+                "store_lookups_and_map_reads_ms_per_image": 1000 * reads["median_s"] / n,
+                "warm_flow_wall_ms_per_image": 1000 * warm["flow_wall_s"] / n,
+                "warm_process_wall_s": warm["process_wall_s"], "store_ops": reads}
 
     def fig5(self) -> dict:
         data51 = self.data("data51", self.p["cats51"], self.p["imgs51"], self.p["size800"], 2)
@@ -157,12 +166,10 @@ class Bench:
         for r in range(self.p["warm_repeats"]):   # alternate, so that drift hits both alike
             runs["own"].append(self.flow("saa", data51, own, f"51-warm-own-{r}"))
             runs["shared"].append(self.flow("saa", data51, big, f"51-warm-851-{r}"))
-        med = {k: {f: statistics.median(x[f] for x in v) for f in ("flow_wall_s", "stage_s", "image_work_s",
-                                                                    "process_wall_s")} for k, v in runs.items()}
-        return {"images": runs["own"][0]["images"], "medians": med,
-                "ratio_flow_wall": med["shared"]["flow_wall_s"] / med["own"]["flow_wall_s"],
-                "ratio_stage_s": med["shared"]["stage_s"] / med["own"]["stage_s"],
-                "ratio_process_wall": med["shared"]["process_wall_s"] / med["own"]["process_wall_s"],
+        plan = warm_plan(own)   # the same artifacts and item ids in both stores
+        ops = {"own": store_ops(own, plan), "shared": store_ops(big, plan)}
+        return {"images": runs["own"][0]["images"], **ratios51(runs), "store_ops": ops,
+                "ratio_store_ops": ops["shared"]["median_s"] / ops["own"]["median_s"],
                 "cold_on_851": shared, "warm_runs": runs}
 
     def fig6(self) -> dict:
@@ -190,6 +197,52 @@ class Bench:
 
 
 # ---------------------------------------------------------------------------------------------- measures
+def ratios51(runs: dict[str, list[dict]]) -> dict:
+    """Shared/own ratios of the warm runs' medians (and of their minimums, and without evaluation: the
+    metrics' CPU time varies by a third between identical runs and swamps the store's part)."""
+    for r in runs["own"] + runs["shared"]:
+        r["flow_wall_without_evaluation_s"] = r["flow_wall_s"] - r["timings"].get("evaluation", 0)
+    fields = ("flow_wall_s", "flow_wall_without_evaluation_s", "stage_s", "image_work_s", "process_wall_s")
+    med = {k: {f: statistics.median(x[f] for x in v) for f in fields} for k, v in runs.items()}
+    low = {k: {f: min(x[f] for x in v) for f in fields} for k, v in runs.items()}
+    out = {"medians": med, "minimums": low}
+    for f in fields:
+        out[f"ratio_{f.removesuffix('_s')}"] = med["shared"][f] / med["own"][f]
+    out["ratio_flow_wall_of_minimums"] = low["shared"]["flow_wall_s"] / low["own"]["flow_wall_s"]
+    return out
+
+
+def warm_plan(url: str) -> dict[str, list[str]]:
+    """Artifact path -> item ids of every artifact in a store (what a warm rerun of its images asks for)."""
+    from stores import ArtifactStore
+
+    store = ArtifactStore(url)
+    return {a.path: sorted(i for i, _ in store.index.iter_items(a.path)) for a in store.index.artifacts()}
+
+
+def store_ops(url: str, plan: dict[str, list[str]], repeats: int = 5) -> dict:
+    """What a warm rerun asks of the store, in-process: open it, look up the plan's items in each
+    artifact, read every anomaly map pack by pack (as evaluation does: its images come in the order they
+    were committed). Median seconds of ``repeats``."""
+    from stores import ArtifactStore
+
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        store = ArtifactStore(url)
+        for path, items in plan.items():
+            ref = store.ref(*path.split("/", 1))
+            found = store.lookup(ref, items)
+            assert len(found) == len(items), f"{path}: {len(found)} of {len(items)} items"
+            if ref.stage == "anomaly_map":
+                view = store.open(ref)
+                for item in sorted(items, key=lambda i: (found[i].pack, found[i].row)):
+                    view.read(item)
+        times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "all_s": times,
+            "items_looked_up": sum(len(v) for v in plan.values())}
+
+
 def inodes(root) -> int:
     """Files and directories under root (root itself not counted); 0 when it does not exist."""
     return sum(len(dirs) + len(files) for _, dirs, files in os.walk(root))
@@ -234,27 +287,28 @@ def git_state() -> str:
 
 # ---------------------------------------------------------------------------------------------- table
 def headline(figs: dict) -> dict[str, float | str]:
-    """ROWS key -> measured figure, from whichever figures were run."""
+    """ROWS key -> measured figure, from whichever figures were run (older result files may lack some)."""
     f = {str(k): v for k, v in figs.items()}
-    out: dict[str, float | str] = {}
-    if "1" in f:
-        out["inodes_saa"], out["inodes_plus"] = (f["1"][m]["inodes_per_image"] for m in ("saa", "saa-plus"))
-    if "2" in f:
-        out["bytes_saa"], out["bytes_plus"] = (f["2"][m]["disk_over_data"] for m in ("saa", "saa-plus"))
-    if "3" in f:
-        out["round_trips"] = f["3"]["round_trips_per_image"]
-    if "4" in f:
-        out["warm800"] = f["4"]["warm_image_work_ms_per_image"]
-    if "5" in f:
-        out["ratio51"] = f["5"]["ratio_flow_wall"]
-    if "6" in f:
-        out["lookup_local"] = f["6"]["local"]["lookup_big"]["median_s"]
-        out["lookup_s3"] = f["6"]["s3"]["lookup_big"]["median_s"]
-    if "7" in f:
-        out["ls"], out["gc"] = f["7"]["ls_subprocess_s"], f["7"]["gc_subprocess_s"]
-    if "8" in f:
-        out["cold_bare_tiny"] = f["8"]["cold_over_bare_image_work"]
-    out.setdefault("cold_bare_full", "not run (bench_saa.py --models random)")
+
+    def get(fig: str, *keys: str) -> float | str:
+        value = f.get(fig, "not run")
+        for key in keys:
+            value = value.get(key, "not recorded") if isinstance(value, dict) else value
+        return value
+
+    out = {"inodes_saa": get("1", "saa", "inodes_per_image"), "inodes_plus": get("1", "saa-plus", "inodes_per_image"),
+           "bytes_saa": get("2", "saa", "disk_over_data"), "bytes_plus": get("2", "saa-plus", "disk_over_data"),
+           "round_trips": get("3", "round_trips_per_image"),
+           "warm800": get("4", "warm_image_work_ms_per_image"),
+           "warm800_store": get("4", "store_lookups_and_map_reads_ms_per_image"),
+           "ratio51": get("5", "ratio_flow_wall"), "ratio51_store": get("5", "ratio_store_ops"),
+           "ratio51_noeval": get("5", "ratio_flow_wall_without_evaluation"),
+           "lookup_local": get("6", "local", "lookup_big", "median_s"),
+           "lookup_s3": get("6", "s3", "lookup_big", "median_s"),
+           "lookup_s3_small": get("6", "s3", "lookup_small", "median_s"),
+           "ls": get("7", "ls_subprocess_s"), "gc": get("7", "gc_subprocess_s"),
+           "cold_bare_tiny": get("8", "cold_over_bare_image_work"),
+           "cold_bare_full": "not run (bench_saa.py --models random)"}
     return out
 
 
@@ -262,7 +316,7 @@ def table(figs: dict) -> str:
     got = headline(figs)
     lines = ["| figure | before | now | target | met |", "|---|---|---|---|---|"]
     for key, (label, before, target) in ROWS.items():
-        now = got.get(key, "not run")
+        now = got[key]
         met = "" if target is None or isinstance(now, str) else ("yes" if now <= target else "**no**")
         shown = now if isinstance(now, str) else f"{now:.3g}"
         lines.append(f"| {label} | {before} | {shown} | {'' if target is None else f'≤ {target}'} | {met} |")
@@ -287,6 +341,7 @@ def main() -> None:
             print(f"figure {n} ...", flush=True)
             result["figures"][str(n)] = getattr(bench, f"fig{n}")()
             result["figures"][str(n)]["bench_seconds"] = time.perf_counter() - start
+            result["figures"][str(n)]["loadavg_1_5_15_after"] = os.getloadavg()   # other work on the machine
             print(f"figure {n}: {time.perf_counter() - start:.0f} s", flush=True)
             result.update(params=bench.p, machine=f"{os.cpu_count()} cores", created=time.strftime("%Y-%m-%d %H:%M"),
                           code=git_state())
@@ -295,6 +350,8 @@ def main() -> None:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+    if args.quick:
+        print(f"quick smoke run: sizes are {bench.p}, not those in the labels")
     print(table(result["figures"]))
     print(f"wrote {dest}")
 

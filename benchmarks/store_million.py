@@ -180,27 +180,39 @@ def s3(n: int, q: int = 1000) -> dict:
         out = {"backend": "s3 (moto in its own process)", "items": n, "written_through_store": first,
                "write_batch_small_s": write_small_s, "injected": reply, "inject_s": inject_s,
                "lookup_big": time_lookup(open_store, big, n, q), "lookup_small": time_lookup(open_store, small, q, q)}
-        out["diagnostics"] = _s3_diagnostics(opts, store, big, n, q)
+        requests = lambda: json.loads(moto.send(op="counts"))  # noqa: E731 - HTTP requests since the last call
+        requests()
+        store.lookup(big, _query(n, q))
+        out["requests_per_lookup"] = requests()
+        ids = [absent_id(10**6 + i) for i in range(8)]   # a claimed batch of 8 new items, then its commit
+        start = time.perf_counter()
+        store.claim(big, ids, "bench-run")
+        store.write_batch(big, [(i, ItemData({"v": np.int64(0)})) for i in ids], "bench-run")
+        out["claim_and_write_batch_8"] = {"s": time.perf_counter() - start, "requests": requests()}
+        out["diagnostics"] = _s3_diagnostics(opts, store, big, n, q, requests)
         return out
     finally:
         moto.close()
 
 
-def _s3_diagnostics(opts: dict, store: ArtifactStore, ref, n: int, q: int) -> dict:
-    """The same q GETs straight through s3fs, bypassing the store: s3fs defaults (``max_concurrency`` 10
-    sends a HEAD before each GET), ``max_concurrency=1`` (GET only), and that on a 64-connection pool."""
+def _s3_diagnostics(opts: dict, store: ArtifactStore, ref, n: int, q: int, requests) -> dict:
+    """Index GETs straight through s3fs, bypassing the store: s3fs defaults (``max_concurrency`` 10: a HEAD
+    before each GET, and a LIST after the HEAD of a missing key; 20 ids only, as moto's LIST walks the
+    whole bucket), ``max_concurrency=1`` (GET only), and that on a 64-connection pool (q ids)."""
     import s3fs
 
     from stores.object_index import _split
 
     paths = [f"{store.root}/{ref.path}/_index/{_split(i)}" for i in _query(n, q)]
+    few = paths[:10] + paths[-10:]
     out = {}
-    variants = {"s3fs_defaults": ({}, {}), "max_concurrency_1": ({}, {"max_concurrency": 1}),
+    variants = {"s3fs_defaults": ({}, {}, few), "max_concurrency_1": ({}, {"max_concurrency": 1}, paths),
                 "max_concurrency_1_pool_64": ({"config_kwargs": {"max_pool_connections": 64}},
-                                              {"max_concurrency": 1})}
-    for name, (fs_kw, cat_kw) in variants.items():
+                                              {"max_concurrency": 1}, paths)}
+    for name, (fs_kw, cat_kw, which) in variants.items():
         fs = s3fs.S3FileSystem(**opts, **fs_kw, skip_instance_cache=True)
+        requests()
         start = time.perf_counter()
-        fs.cat(paths, on_error="omit", **cat_kw)
-        out[name + "_s"] = time.perf_counter() - start
+        fs.cat(which, on_error="omit", **cat_kw)
+        out[name] = {"ids": len(which), "s": time.perf_counter() - start, "requests": requests()}
     return out

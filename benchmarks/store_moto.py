@@ -7,6 +7,7 @@ keeps the server's work off the benchmark's interpreter (one GIL each, as with a
     python benchmarks/store_moto.py PORT      # prints "ready"; then one JSON command per stdin line:
     {"op": "inject_index", "bucket": B, "prefix": "store/<stage>/<key>/_index", "start": 0, "stop": N,
      "pack": PACK, "rows": R}                 # index entries of items item_id(start..stop-1); prints "done K"
+    {"op": "counts"}                          # HTTP requests served since the last "counts", as one JSON line
 """
 from __future__ import annotations
 
@@ -14,7 +15,25 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
+import threading
+from collections import Counter
+
+_REQUESTS: Counter = Counter()
+_LOCK = threading.Lock()
+
+
+class _CountRequests(logging.Handler):
+    """Counts werkzeug's access-log lines by method (LIST: a GET listing) and status, prints nothing."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = re.sub(r"\x1b\[[\d;]*m", "", record.getMessage())   # werkzeug colours 4xx/5xx codes
+        found = re.search(r'"([A-Z]+) (\S+) HTTP/[\d.]+" (\d+)', message)
+        if found:
+            method = "LIST" if found[1] == "GET" and "list-type=" in found[2] else found[1]
+            with _LOCK:
+                _REQUESTS[f"{method} {found[3]}"] += 1
 
 
 def item_id(i: int) -> str:
@@ -44,7 +63,10 @@ def _inject_index(cmd: dict) -> int:
 
 def main(port: int) -> None:
     os.environ.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    log = logging.getLogger("werkzeug")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    log.handlers = [_CountRequests()]
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -54,6 +76,10 @@ def main(port: int) -> None:
         cmd = json.loads(line)
         if cmd["op"] == "inject_index":
             print(f"done {_inject_index(cmd)}", flush=True)
+        elif cmd["op"] == "counts":
+            with _LOCK:
+                print(json.dumps(dict(_REQUESTS)), flush=True)
+                _REQUESTS.clear()
         elif cmd["op"] == "stop":
             break
     server.stop()
