@@ -145,9 +145,12 @@ def run_stage(store: ArtifactStore, stage: StageDef, work: Sequence[WorkItem], c
         bar.close()
         if not stats.detail.get("from_other_runs"):
             stats.detail.pop("from_other_runs", None)
-    finally:
+    except BaseException:
         if own:
-            own.stop("complete")
+            own.stop("failed")
+        raise
+    if own:
+        own.stop("complete")
     stats.seconds = time.perf_counter() - start
     return StageResult(ref, stats, failures)
 
