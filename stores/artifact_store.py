@@ -93,12 +93,16 @@ class ArtifactStore:
         except FileNotFoundError:
             self.fs.invalidate_cache(self.root)
             listing = self.fs.ls(self.root, detail=False) if self.fs.exists(self.root) else []
-            if listing:
+            names = {p.rstrip("/").rsplit("/", 1)[-1] for p in listing}
+            if "zarr.json" in names:        # another process created the store a moment ago
+                attrs = json.loads(self.fs.cat_file(meta)).get("attributes", {})
+            elif names:
                 raise StoreError(f"store {self.url}: not an anomflow store (it holds other files and no zarr.json); "
                                  "point --store at an empty or new folder") from None
-            self.fs.pipe_file(meta, json.dumps({"zarr_format": 3, "node_type": "group",
-                                                "attributes": {"anomflow_store": LAYOUT}}).encode())
-            return
+            else:
+                self.fs.pipe_file(meta, json.dumps({"zarr_format": 3, "node_type": "group",
+                                                    "attributes": {"anomflow_store": LAYOUT}}).encode())
+                return
         layout = attrs.get("anomflow_store")
         if layout != LAYOUT:
             raise StoreError(

@@ -199,6 +199,12 @@ class ObjectIndex(Index):
             after = self._claim_owners(path, lapsed)
             result.granted += [i for i in lapsed if after.get(i) == run_id]
             result.held += [i for i in lapsed if after.get(i) != run_id]
+        # An owner may have committed and dropped its claim between our lookup and our create: look again.
+        late = set(self.lookup(path, result.granted)) if result.granted else set()
+        if late:
+            result.done += [i for i in result.granted if i in late]
+            result.granted = [i for i in result.granted if i not in late]
+            self.fs.rm([self._p(path, "_claims", _split(i)) for i in late])
         return result
 
     def release(self, path, items, run_id):
