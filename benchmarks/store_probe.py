@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import zarr.core.sync as zsync  # noqa: E402
 
 from stores import packs  # noqa: E402
-from stores.index import Index, SqliteIndex  # noqa: E402
+from stores.index import Index  # noqa: E402
+from stores.sqlite_index import SqliteIndex  # noqa: E402
 from stores.object_index import ObjectIndex  # noqa: E402
 
 COUNTS: Counter = Counter()

@@ -28,7 +28,8 @@ import numpy as np
 from zarr.storage import FsspecStore, LocalStore
 
 from stores import packs
-from stores.index import ClaimResult, Index, Location, SqliteIndex
+from stores.index import ClaimResult, Index, Location
+from stores.sqlite_index import SqliteIndex
 from stores.object_index import ObjectIndex
 from stores.packs import ItemData
 
