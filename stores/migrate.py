@@ -7,6 +7,7 @@ copied; one migration run record names every copied artifact, so gc keeps them.
 from __future__ import annotations
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 import zarr
 from zarr.storage import FsspecStore, LocalStore
 
@@ -29,8 +30,7 @@ def _complete_writes(fs, root: str, path: str) -> dict[str, str]:
 def migrate_v1(source_url: str, target: ArtifactStore) -> dict[str, int]:
     fs, root = fsspec.core.url_to_fs(source_url)
     root = root.rstrip("/")
-    old = LocalStore(root) if fs.protocol in ("file", ("file", "local")) or "file" in fs.protocol \
-        else FsspecStore.from_url(source_url)
+    old = LocalStore(root) if isinstance(fs, LocalFileSystem) else FsspecStore.from_url(source_url)
     layout = zarr.open_group(old, mode="r").attrs.get("anomflow_store")
     if layout != 1:
         raise ValueError(f"{source_url}: layout {layout}, not layout 1; nothing to migrate")

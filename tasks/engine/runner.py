@@ -135,7 +135,8 @@ def run_stage(store: ArtifactStore, stage: StageDef, work: Sequence[WorkItem], c
             batch, pending = pending[:batch_size], pending[batch_size:]
             claim = store.claim(ref, [w.item for w in batch], run.run_id)
             stats.reused += len(claim.done)
-            stats.detail["from_other_runs"] = stats.detail.get("from_other_runs", 0) + len(claim.done)
+            if claim.done:
+                stats.detail["from_other_runs"] = stats.detail.get("from_other_runs", 0) + len(claim.done)
             held += [w for w in batch if w.item in set(claim.held)]
             granted = set(claim.granted)
             batch = [w for w in batch if w.item in granted]
@@ -143,8 +144,6 @@ def run_stage(store: ArtifactStore, stage: StageDef, work: Sequence[WorkItem], c
                 _compute_and_commit(store, ref, run.run_id, stage.name, compute, batch, stats, failures)
             bar.update(len(batch) + len(claim.done))
         bar.close()
-        if not stats.detail.get("from_other_runs"):
-            stats.detail.pop("from_other_runs", None)
     except BaseException:
         if own:
             own.stop("failed")
