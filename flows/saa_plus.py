@@ -39,13 +39,14 @@ def _category(ctx: RunContext, run: RunState, cfg: SAAPlusConfig, cp: CategoryPr
     """One category's chain; its parameters (captions, n, K, θ) come from the expert table."""
     on = cfg.prompts
     gdino_objects = _detects_objects(cfg)
+    object_caption = cp.object_caption(cfg.object_caption)
     captions = ([c for c, _ in cp.captions] if cfg.region_generator == "grounding_dino" else []) + \
-        ([cp.object_prompt] if gdino_objects else [])
+        ([object_caption] if gdino_objects else [])
     detections = saa.grounding_detections(ctx, images, cfg.models.detector, captions) if captions else None
     images = run.absorb(ctx, detections, images)
     obj_boxes = objects = None
     if gdino_objects:
-        obj_boxes = stages.object_boxes(ctx, images, detections.ref, cp.object_prompt, cp.object_count,
+        obj_boxes = stages.object_boxes(ctx, images, detections.ref, object_caption, cp.object_count,
                                         cfg.box_threshold, cfg.text_threshold)
         images = run.absorb(ctx, obj_boxes, images)
         objects = saa.refine_boxes(ctx, images, obj_boxes.ref, embeddings, "sam", cfg.models.sam,

@@ -181,7 +181,7 @@ def test_resized_shape_rule():
 
     assert resized_shape(480, 640, 800, 1333) == (800, 1066)
     assert resized_shape(640, 480, 800, 1333) == (1066, 800)
-    assert resized_shape(100, 1000, 800, 1333) == (133, 1333)
+    assert resized_shape(100, 1000, 800, 1333) == (133, 1330)   # short side rounded first (official rule)
     assert resized_shape(800, 800, 800, 1333) == (800, 800)
 
 
@@ -189,7 +189,7 @@ def test_gdino_detect_shapes_and_determinism(tmp_path):
     gd = load_grounding_dino("tiny-gdino", tmp_path)
     assert load_grounding_dino("tiny-gdino", tmp_path) is gd and calls.MODEL_LOADS["tiny-gdino"] == 1
     outs = gd.detect(_images(), "Scratch. crack")
-    assert calls.MODEL_CALLS["tiny-gdino"] == 1 and len(outs) == 2
+    assert calls.MODEL_CALLS["tiny-gdino"] == 2 and len(outs) == 2   # two input sizes: two unpadded forwards
     t = len(outs[0].token_ids)
     assert outs[0].token_ids.dtype == np.int64 and outs[0].token_ids[0] == 101 and outs[0].token_ids[-1] == 102
     for o in outs:

@@ -6,7 +6,8 @@ safetensors only, no remote code. Multi-scale deformable attention: transformers
 and the ``kernels`` package installed). We pass ``use_kernels=False`` and check the result, so the pure-PyTorch
 ``grid_sample`` forward always runs and nothing is fetched.
 Tiny / random models: a seeded ``GroundingDinoConfig`` build and a generated vocab (``tasks.models.tiny_vocab``).
-Preprocessing is ours (same sizes and PIL bilinear resize as the official pipeline), not the HF processor.
+Preprocessing is ours (the official sizes and PIL bilinear resize), not the HF processor; batches hold one
+input size only (no padding).
 """
 from __future__ import annotations
 
@@ -112,41 +113,42 @@ def build_grounding_dino_adapter(spec: ModelSpec, models_dir: Path, identity: Mo
 
 # ----------------------------------------------------------------------------------------------- preprocess
 def resized_shape(height: int, width: int, size: int, max_size: int | None) -> tuple[int, int]:
-    """(h, w) with the shorter side = size and the longer <= max_size, aspect kept (DETR / GroundingDINO rule)."""
-    raw = None
+    """(h, w) of GroundingDINO's input: the shorter side = size, the longer side capped at max_size, aspect kept.
+
+    The official rule (``get_size_with_aspect_ratio`` in GroundingDINO's ``datasets/transforms.py``): when the cap
+    binds, the SHORT side is rounded first, ``size = round(max_size * short / long)``, and the long side is derived
+    from that rounded size, ``int(size * long / short)``. A 1:2 image gives 666 x 1332 (not 666 x 1333)."""
     if max_size is not None:
         short, long = float(min(height, width)), float(max(height, width))
         if long / short * size > max_size:
-            raw = max_size * short / long
-            size = int(round(raw))
-    if (height <= width and height == size) or (width <= height and width == size):
+            size = int(round(max_size * short / long))
+    if (width <= height and width == size) or (height <= width and height == size):
         return height, width
-    scale = raw if raw is not None else size
     if width < height:
-        return int(scale * height / width), size
-    return size, int(scale * width / height)
+        return int(size * height / width), size
+    return size, int(size * width / height)
 
 
-def preprocess_images(images: list[np.ndarray], pre: Preprocess) -> tuple[torch.Tensor, torch.Tensor]:
-    """RGB H_i x W_i x 3 uint8 -> pixel_values B x 3 x H x W float32 (resized, /255, mean/std, zero-padded
-    bottom/right to the batch max) and pixel_mask B x H x W int64 (1 = real pixel)."""
-    tensors = []
-    for image in images:
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected an H x W x 3 uint8 RGB image, got {image.shape} {image.dtype}")
-        h, w = resized_shape(image.shape[0], image.shape[1], pre.size, pre.max_size)
-        resized = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR), np.float32) / 255.0
-        x = (torch.from_numpy(resized).permute(2, 0, 1) - torch.tensor(pre.mean).view(3, 1, 1)) \
-            / torch.tensor(pre.std).view(3, 1, 1)
-        tensors.append(x)
-    height = max(t.shape[1] for t in tensors)
-    width = max(t.shape[2] for t in tensors)
-    pixels = torch.zeros(len(tensors), 3, height, width)
-    mask = torch.zeros(len(tensors), height, width, dtype=torch.int64)
+def preprocess_image(image: np.ndarray, pre: Preprocess) -> torch.Tensor:
+    """RGB H x W x 3 uint8 -> 3 x h x w float32: PIL bilinear resize to :func:`resized_shape`, /255, mean/std."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an H x W x 3 uint8 RGB image, got {image.shape} {image.dtype}")
+    h, w = resized_shape(image.shape[0], image.shape[1], pre.size, pre.max_size)
+    resized = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR), np.float32) / 255.0
+    return (torch.from_numpy(resized).permute(2, 0, 1) - torch.tensor(pre.mean).view(3, 1, 1)) \
+        / torch.tensor(pre.std).view(3, 1, 1)
+
+
+def same_shape_groups(tensors: list[torch.Tensor]) -> list[list[int]]:
+    """Indices of the tensors grouped by shape, in first-seen order: each group is one unpadded forward.
+
+    The official code runs GroundingDINO on one image at a time. Zero-padding a mixed-size batch to its largest
+    image changes the Swin features near the padded border (the pixel mask does not reach the backbone), so
+    anomflow batches only inputs of one size; their results equal batch-1 results to float tolerance."""
+    groups: dict[tuple[int, ...], list[int]] = {}
     for i, t in enumerate(tensors):
-        pixels[i, :, : t.shape[1], : t.shape[2]] = t
-        mask[i, : t.shape[1], : t.shape[2]] = 1
-    return pixels, mask
+        groups.setdefault(tuple(t.shape), []).append(i)
+    return list(groups.values())
 
 
 # -------------------------------------------------------------------------------------------------- adapter
@@ -167,23 +169,29 @@ class GroundingDinoAdapter:
         return np.asarray(enc["input_ids"], np.int64)
 
     def detect(self, images: list[np.ndarray], caption: str) -> list[GroundingOutput]:
-        """images: RGB H_i x W_i x 3 uint8; one batched forward (one counted call) for all of them with the same
-        caption. Returns per image Q boxes (cx, cy, w, h normalised to the image, padding excluded) and Q x T
-        sigmoid token scores."""
+        """images: RGB H_i x W_i x 3 uint8, all with one caption. One batched forward (one counted call) per
+        network input size (:func:`same_shape_groups`: never padded). Returns per image, in order, Q boxes
+        (cx, cy, w, h normalised to the image) and Q x T sigmoid token scores."""
         if len(images) == 0:
             return []
         token_ids = self.tokenize(caption)
-        pixels, mask = preprocess_images(images, self.spec.preprocess)
-        b, t = len(images), len(token_ids)
-        ids = torch.as_tensor(token_ids, device=self.device)[None].expand(b, t).contiguous()
-        with torch.inference_mode():
-            out = self.model(pixel_values=pixels.to(self.device), pixel_mask=mask.to(self.device), input_ids=ids,
-                             attention_mask=torch.ones_like(ids), token_type_ids=torch.zeros_like(ids))
-        count_call(self.spec.name)
-        scores = out.logits[..., :t].sigmoid().float().cpu().numpy()
-        boxes = out.pred_boxes.float().cpu().numpy()
-        return [GroundingOutput(boxes_cxcywh=boxes[i], token_logits=scores[i], token_ids=token_ids.copy())
-                for i in range(b)]
+        tensors = [preprocess_image(image, self.spec.preprocess) for image in images]
+        results: list[GroundingOutput | None] = [None] * len(images)
+        for group in same_shape_groups(tensors):
+            pixels = torch.stack([tensors[i] for i in group]).to(self.device)
+            b, t = len(group), len(token_ids)
+            ids = torch.as_tensor(token_ids, device=self.device)[None].expand(b, t).contiguous()
+            with torch.inference_mode():
+                out = self.model(pixel_values=pixels, pixel_mask=torch.ones_like(pixels[:, 0], dtype=torch.int64),
+                                 input_ids=ids, attention_mask=torch.ones_like(ids),
+                                 token_type_ids=torch.zeros_like(ids))
+            count_call(self.spec.name)
+            scores = out.logits[..., :t].sigmoid().float().cpu().numpy()
+            boxes = out.pred_boxes.float().cpu().numpy()
+            for row, i in enumerate(group):
+                results[i] = GroundingOutput(boxes_cxcywh=boxes[row], token_logits=scores[row],
+                                             token_ids=token_ids.copy())
+        return results
 
     def phrase(self, token_ids: np.ndarray, selected: np.ndarray) -> str:
         """Words of the selected tokens (bool mask over T): special tokens and '.' dropped, '##' wordpieces merged

@@ -36,7 +36,8 @@ class SAAPlusConfig(StrictModel):
     max_boxes_per_caption: int | None = Field(None, ge=1)
     k: int | None = Field(None, ge=1)   # override the table's K for every category
     area_threshold: float | None = Field(None, gt=0.0, le=1.0)  # override the table's θ
-    # paper-exact switches (defaults = official code)
+    # paper-exact / clean switches (defaults = official code)
+    object_caption: Literal["official", "clean"] = "official"   # official: "bottle,." (word taken with its comma)
     property_on: Literal["boxes", "masks"] = "boxes"       # paper: on refined masks
     location_constraint: bool = False                       # paper's IoU/location prompt (absent in code)
     location_min_overlap: float = Field(0.5, ge=0.0, le=1.0)  # share of a defect that must lie on the object

@@ -28,7 +28,8 @@ class _Strict(BaseModel):
 class ExpertEntry(_Strict):
     defect_captions: list[str]                            # GDINO captions, verbatim; one string = one caption
     filter_word: str                                      # drop a box whose phrase contains it
-    object_prompt: str = Field(min_length=1)              # caption that finds the inspected object(s)
+    object_prompt: str = Field(min_length=1)              # the object's word: the caption with object_caption=clean
+    object_caption_official: str | None = Field(None, min_length=1)  # the official code's caption; None = object_prompt
     object_count: int = Field(ge=1)                       # n: an object box covers at most 1/n of the image
     similar_objects: bool = False                         # informational only
     k: int = Field(ge=1)                                  # K of the confidence prompt
@@ -137,12 +138,19 @@ def general_prompts(category: str) -> list[tuple[str, str]]:
 class CategoryPrompts:
     category: str
     captions: list[tuple[str, str]]        # (caption, filter word): general first, then the expert's
-    object_prompt: str
+    object_prompt: str                     # the clean word
+    object_caption_official: str           # what the official code sends (e.g. "bottle," -> "bottle,.")
     object_count: int
     k: int
     area_threshold: float
     known: bool
     warning: str | None = None
+
+    def object_caption(self, mode: str) -> str:
+        """The object pass's caption: ``official`` (the official code's text) or ``clean`` (the bare word)."""
+        if mode not in ("official", "clean"):
+            raise ValueError(f"object_caption must be 'official' or 'clean', got {mode!r}")
+        return self.object_caption_official if mode == "official" else self.object_prompt
 
 
 def prompts_for(table: ExpertTable | None, category: str, language: bool = True) -> CategoryPrompts:
@@ -152,7 +160,8 @@ def prompts_for(table: ExpertTable | None, category: str, language: bool = True)
     if entry is not None:
         if language:
             captions += [(c, entry.filter_word) for c in entry.defect_captions]
-        return CategoryPrompts(category, captions, entry.object_prompt, entry.object_count, entry.k,
+        return CategoryPrompts(category, captions, entry.object_prompt,
+                               entry.object_caption_official or entry.object_prompt, entry.object_count, entry.k,
                                entry.area_threshold, known=True)
     d = _general().defaults
     obj = d.object_prompt.format(category=category)
@@ -160,7 +169,7 @@ def prompts_for(table: ExpertTable | None, category: str, language: bool = True)
     warning = (f"category '{category}' has no entry in {where}: using the general prompts and default properties "
                f"(object_prompt={obj!r}, object_count={d.object_count}, k={d.k}, "
                f"area_threshold={d.area_threshold}; UNVERIFIED defaults)")
-    return CategoryPrompts(category, captions, obj, d.object_count, d.k, d.area_threshold, known=False,
+    return CategoryPrompts(category, captions, obj, obj, d.object_count, d.k, d.area_threshold, known=False,
                            warning=warning)
 
 
