@@ -238,6 +238,11 @@ class ArtifactView:
         arrays = self._pack_rows(loc.pack, record, loc.row, names)
         return ItemData(arrays if names is None else {n: arrays[n] for n in names}, record["meta"][loc.row])
 
+    def meta(self, item: str) -> dict[str, Any]:
+        """The item's meta from its pack record alone (no array is read)."""
+        loc = self.location(item)
+        return self.record(loc.pack)["meta"][loc.row]
+
     def read_array(self, item: str, name: str) -> np.ndarray:
         return self.read(item, [name]).arrays[name]
 

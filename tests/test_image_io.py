@@ -299,3 +299,52 @@ def test_file_sha256(tmp_path):
     p.write_bytes(b"anomflow" * 1000)
     assert file_sha256(str(p)) == hashlib.sha256(b"anomflow" * 1000).hexdigest()
     assert _reason(file_sha256, str(tmp_path / "none.bin")) == "file not found"
+
+
+# ------------------------------------------------------------------------------------- EXIF orientation
+def _sideways_jpeg(path, orientation: int = 6) -> np.ndarray:
+    """A 40 x 60 (H x W) JPEG tagged with an EXIF orientation; returns its stored (raw-frame) pixels."""
+    rng = np.random.default_rng(0)
+    raw = np.zeros((40, 60, 3), np.uint8)
+    raw[:10, :20] = (255, 0, 0)                     # a red block in the stored top-left corner
+    raw[20:] = rng.integers(0, 256, (20, 60, 3), dtype=np.uint8) // 4 * 4
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(raw).save(path, quality=95, exif=exif.tobytes())
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def test_exif_orientation_is_applied_like_cv2_imread(tmp_path):
+    import cv2
+
+    from tasks.datasets.image_io import image_size
+
+    path = tmp_path / "camera.jpg"
+    stored = _sideways_jpeg(path, orientation=6)     # 6: the camera was turned 90 degrees clockwise
+    upright = read_image(str(path))
+    assert stored.shape == (40, 60, 3) and upright.shape == (60, 40, 3)
+    assert np.array_equal(upright, np.rot90(stored, k=-1))   # orientation 6 = rotate 90 degrees clockwise to view
+    assert upright[:10, -10:, 0].mean() > 200 and upright[:10, -10:, 1].mean() < 60   # the block is now top-right
+    official = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)   # the official reader
+    assert official.shape == upright.shape
+    assert np.abs(official.astype(int) - upright.astype(int)).mean() < 2.0   # decoders may differ by rounding
+    assert image_size(str(path)) == (60, 40)
+
+
+def test_exif_orientation_checks_masks_against_the_upright_size(tmp_path):
+    path = tmp_path / "camera.jpg"
+    _sideways_jpeg(path, orientation=8)
+    mask_path = tmp_path / "camera_mask.png"
+    Image.fromarray(np.zeros((60, 40), np.uint8)).save(mask_path)   # drawn on the upright image
+    assert read_mask(str(mask_path), read_image(str(path)).shape[:2]).shape == (60, 40)
+    raw_frame = tmp_path / "raw_mask.png"
+    Image.fromarray(np.zeros((40, 60), np.uint8)).save(raw_frame)
+    with pytest.raises(ImageError, match="mask size 60x40 differs from image size 40x60"):
+        read_mask(str(raw_frame), (60, 40))
+
+
+def test_no_exif_or_orientation_one_is_unchanged(tmp_path):
+    path = tmp_path / "plain.jpg"
+    stored = _sideways_jpeg(path, orientation=1)
+    assert np.array_equal(read_image(str(path)), stored)

@@ -127,3 +127,26 @@ def test_mixed_size_batch_equals_batch_one(tmp_path):
     for b, s in zip(batched, singles):
         np.testing.assert_allclose(b.boxes_cxcywh, s.boxes_cxcywh, atol=1e-5)
         np.testing.assert_allclose(b.token_logits, s.token_logits, atol=1e-5)
+
+
+def test_the_flow_sends_the_official_object_caption_unless_asked_for_the_clean_one(synth_root, models_dir, tmp_path):
+    import yaml
+
+    from stores import ArtifactStore
+    from stores.maintenance import list_artifacts
+    from tests.flow_helpers import run_saa
+
+    entry = {"defect_captions": ["crack"], "filter_word": "synth", "object_prompt": "object",
+             "object_caption_official": "object,", "object_count": 1, "k": 2, "area_threshold": 0.5}
+    table = tmp_path / "t.yaml"
+    table.write_text(yaml.safe_dump({"dataset": "synth", "categories": {"synth_texture": entry,
+                                                                         "synth_object": entry}}))
+    store = str(tmp_path / "s")
+    for extra, caption in (((), "object,."), (("--set", "object_caption=clean"), "object.")):
+        code, report, _ = run_saa(synth_root, store, str(tmp_path / caption), models_dir, "--set",
+                                  f"expert_table={table}", *extra, method="saa-plus")
+        assert code == 0 and report["config"]["object_caption"] == ("clean" if extra else "official")
+    s = ArtifactStore(store)
+    captions = {s.artifact_record(*a.path.split("/"))["params"]["caption"] for a in list_artifacts(s)
+                if a.path.startswith("object_boxes/")}
+    assert captions == {"object,.", "object."}

@@ -92,15 +92,17 @@ def test_family_mismatch_and_missing_official_weights(tmp_path):
 
 
 def test_official_architecture_matches_torchvision():
-    """Keys and shapes equal torchvision's wide_resnet50_2 (so its IMAGENET1K_V1 file loads strictly)."""
+    """Keys and shapes equal torchvision's wide_resnet50_2 (so its IMAGENET1K_V1 file, spec wrn50-2-tv, loads
+    strictly); timm's layout (spec wrn50-2) is checked in test_wrn50_weights.py."""
     from torchvision.models import wide_resnet50_2
 
+    assert registry.MODEL_SPECS["wrn50-2-tv"].arch == registry.MODEL_SPECS["wrn50-2"].arch
     with torch.device("meta"):
-        ours = build_wrn50_model(registry.MODEL_SPECS["wrn50-2"]).state_dict()
+        ours = build_wrn50_model(registry.MODEL_SPECS["wrn50-2-tv"]).state_dict()
         ref = wide_resnet50_2(weights=None).state_dict()
     assert ours.keys() == ref.keys()
     assert all(ours[k].shape == ref[k].shape for k in ref)
-    chans = registry.MODEL_SPECS["wrn50-2"].arch["feature_channels"]
+    chans = registry.MODEL_SPECS["wrn50-2-tv"].arch["feature_channels"]
     assert [ours[f"layer{i}.0.downsample.0.weight"].shape[0] for i in (1, 2, 3)] == list(chans)
 
 

@@ -11,7 +11,9 @@ Mode conversions (``to_rgb_array``), all to ``H x W x 3`` uint8 RGB:
 - ``P`` (with or without transparency), ``PA``, ``RGBA``, ``LA``, ``RGBa``: the alpha channel
   is DROPPED (colour values kept as stored, no compositing), palette colours are preserved;
 - ``CMYK``, ``YCbCr`` and any other mode Pillow can convert: ``Image.convert("RGB")``.
-EXIF orientation is NOT applied: ground-truth masks are stored in the raw pixel frame.
+EXIF orientation IS applied (images, masks and label maps alike), as ``cv2.imread`` does in the official code and as
+production cameras intend: a JPEG stored sideways with Orientation = 6 is returned upright, and a mask is checked
+against the upright size. ``DECODE_RULE`` names this rule; stages that decode pixels put it in their keys.
 Multi-frame files (GIF, TIFF stacks) yield their first frame.
 
 Caveat: Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES`` is global; if another library sets it
@@ -26,11 +28,14 @@ import re
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tasks.datasets.records import ImageError
 
 DEFAULT_MAX_PIXELS = 64_000_000
+DECODE_RULE = "rgb8+exif-orientation"   # in the key of every stage that decodes pixels
+_ORIENTATION_TAG = 0x0112
+_SWAPS_AXES = {5, 6, 7, 8}              # EXIF orientations that turn the image by 90 degrees
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 
 
@@ -86,12 +91,21 @@ def _verified_bytes(path: str, expect_sha256: str) -> io.BytesIO:
     return io.BytesIO(data)
 
 
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1-8) of an opened image; 1 when absent or unreadable."""
+    try:
+        value = img.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:   # a malformed EXIF block is ignored, as cv2 does
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
 def _open_decoded(path: str, root: str | None, max_pixels: int, convert,
                   check_size=None, expect_sha256: str | None = None) -> np.ndarray:
     """Open ``path`` with every guard, decode fully, and return ``convert(img)``.
 
-    ``check_size(w, h)`` (optional) runs on the header size before decoding and may raise
-    ``ImageError``; ``convert`` runs while the file is still open and returns a numpy array.
+    ``check_size(w, h)`` (optional) runs on the upright header size (EXIF orientation applied) before decoding and
+    may raise ``ImageError``; ``convert`` gets the upright decoded image and returns a numpy array.
     ``expect_sha256``: decode exactly the bytes that hash to this (the item's cache identity), or fail.
     """
     path = _check_path(path, root)
@@ -116,8 +130,9 @@ def _open_decoded(path: str, root: str | None, max_pixels: int, convert,
             if w * h > max_pixels:
                 raise ImageError(path, f"image too large: {w} x {h} pixels exceeds the limit of "
                                        f"{max_pixels} (possible decompression bomb)")
+            orientation = _orientation(img)
             if check_size is not None:
-                check_size(w, h)
+                check_size(*((h, w) if orientation in _SWAPS_AXES else (w, h)))
             try:
                 img.load()
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -127,7 +142,7 @@ def _open_decoded(path: str, root: str | None, max_pixels: int, convert,
             except Exception:
                 raise ImageError(path, "truncated or corrupt image data") from None
             try:
-                return convert(img)
+                return convert(ImageOps.exif_transpose(img) if orientation != 1 else img)
             except ImageError:
                 raise
             except Exception as exc:
@@ -235,6 +250,16 @@ def read_label_map(path: str, expected_hw: tuple[int, int], *, root: str | None 
         return np.asarray(img, np.uint8).copy()
 
     return _open_decoded(path, root, max_pixels, convert, check_size, expect_sha256)
+
+
+def image_size(path: str) -> tuple[int, int]:
+    """(H, W) of an image as :func:`read_image` returns it (EXIF orientation applied), from the header only."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            return (w, h) if _orientation(img) in _SWAPS_AXES else (h, w)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise ImageError(path, f"cannot read the image header ({exc})") from None
 
 
 def file_sha256(path: str) -> str:

@@ -13,6 +13,7 @@ from stores.runs import RunSession, session
 from tasks.datasets import load_dataset
 from tasks.datasets.records import ImageRecord
 from tasks.engine.context import FailureTracker, ImageItem, RunContext
+from tasks.engine.fallbacks import fallback_note
 from tasks.engine.inputs import HashCache, prepare_images
 from tasks.engine.runner import StageResult, StageStats
 from tasks.models import calls
@@ -62,6 +63,10 @@ class RunState:
             self.absorb(ctx, result)
             alive = {i.image_id for i in self.alive}
             return [i for i in within if i.image_id in alive]
+        by_id = {i.image_id: i.record.relpath for i in self.alive}
+        for name, images in result.fallbacks.items():
+            result.stats.detail[name] = result.stats.detail.get(name, 0) + len(images)
+            self.notes.append(fallback_note(result.stats.name, name, [by_id.get(i, i) for i in images]))
         merged = next((s for s in self.stages if s.name == result.stats.name), None)
         if merged is None:
             self.stages.append(result.stats)

@@ -84,6 +84,7 @@ class StageResult:
     stats: StageStats
     failures: dict[str, str] = field(default_factory=dict)  # image id -> reason
     side_refs: tuple[ArtifactRef, ...] = ()   # auxiliary artifacts the stage wrote (a memo); runs keep them
+    fallbacks: dict[str, list[str]] = field(default_factory=dict)   # name -> image ids (tasks.engine.fallbacks)
 
 
 ComputeFn = Callable[[list[WorkItem]], Sequence[ItemData]]

@@ -126,14 +126,31 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     )
 }
 
+_WRN50_ARCH = dict(depth=50, width_factor=2, layers=(3, 4, 6, 3), feature_layers=(1, 2, 3),
+                   feature_channels=(256, 512, 1024))
+
 MODEL_SPECS.update({
     spec.name: spec
     for spec in (
         ModelSpec(
             name="wrn50-2",
             family="wrn50",
-            arch=dict(depth=50, width_factor=2, layers=(3, 4, 6, 3), feature_layers=(1, 2, 3),
-                      feature_channels=(256, 512, 1024)),
+            arch=dict(_WRN50_ARCH),
+            # timm's default pretrained tag of wide_resnet50_2 since timm 0.3.0 (checked up to 1.0.31), hence what the
+            # official SAA+ timm.create_model("wide_resnet50_2", pretrained=True) loads. URL from timm's pretrained cfg
+            # (timm >= 0.9 prefers the hf-hub copy timm/wide_resnet50_2.racm_in1k). Same keys and shapes as
+            # torchvision's file. Not pinned: verified against the hash recorded on first import or pull.
+            files=(WeightFile("wide_resnet50_racm-8234f177.pth", None,
+                              "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/"
+                              "wide_resnet50_racm-8234f177.pth", None),),
+            preprocess=Preprocess(256, IMAGENET_MEAN, IMAGENET_STD),
+            source="timm wide_resnet50_2.racm_in1k (timm's default tag, what the official "
+                   "timm.create_model(..., pretrained=True) loads)",
+        ),
+        ModelSpec(
+            name="wrn50-2-tv",
+            family="wrn50",
+            arch=dict(_WRN50_ARCH),
             # torchvision's IMAGENET1K_V1 file; its name carries the first 8 hex digits of its sha256.
             files=(WeightFile("wide_resnet50_2-95faca4d.pth", None,
                               "https://download.pytorch.org/models/wide_resnet50_2-95faca4d.pth", 275909051),),
@@ -149,14 +166,14 @@ MODEL_SPECS.update({
             preprocess=Preprocess(256, IMAGENET_MEAN, IMAGENET_STD),
             tiny=True,
             seed=0,
-            source="seeded random weights (test stand-in for wrn50-2)",
+            source="seeded random weights (test stand-in for wrn50-2 / wrn50-2-tv)",
         ),
     )
 })
 
 # Official model -> its tiny twin, used when weights are absent and a fallback was allowed.
 TINY_TWIN = {"sam-vit-b": "tiny-sam", "sam-vit-l": "tiny-sam", "sam-vit-h": "tiny-sam",
-             "gdino-swint-ogc": "tiny-gdino", "wrn50-2": "tiny-wrn50"}
+             "gdino-swint-ogc": "tiny-gdino", "wrn50-2": "tiny-wrn50", "wrn50-2-tv": "tiny-wrn50"}
 
 
 def get_spec(name: str) -> ModelSpec:

@@ -2,8 +2,11 @@
 and extract layer1..layer3 features, upsampled to the layer-1 grid, concatenated and L2-normalised per location.
 
 The network is torchvision's ``ResNet``: at the official size (``depth`` 50, ``width_factor`` 2) its state_dict keys
-and shapes equal torchvision's ``wide_resnet50_2`` and its IMAGENET1K_V1 file (timm's ``wide_resnet50_2.tv_in1k``);
-the tiny spec is ``ResNet(BasicBlock, [1, 1, 1, 1])`` (64/128/256 channels in layers 1-3). Checkpoints are read with
+and shapes equal both torchvision's and timm's ``wide_resnet50_2``, so either file loads strictly: timm's default tag
+``racm_in1k`` (spec ``wrn50-2``, what the official SAA+ ``timm.create_model(..., pretrained=True)`` loads) and
+torchvision's IMAGENET1K_V1 file (spec ``wrn50-2-tv``, timm's ``tv_in1k``). The feature path equals the official
+``ModelINet`` one (timm ``features_only``, ``out_indices=(1, 2, 3)``, nearest upsampling, concat, L2 norm); the tiny
+spec is ``ResNet(BasicBlock, [1, 1, 1, 1])`` (64/128/256 channels in layers 1-3). Checkpoints are read with
 ``torch.load(weights_only=True)`` only and assigned strictly.
 """
 from __future__ import annotations

@@ -6,13 +6,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import tifffile
-from PIL import Image
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from stores import ArtifactRef
 from tasks import metrics
-from tasks.datasets.image_io import read_mask
+from tasks.datasets.image_io import image_size, read_mask
 from tasks.datasets.records import ImageError, ImageRecord
 from tasks.engine.context import ImageItem, RunContext
 from tasks.engine.runner import image_item
@@ -26,6 +25,7 @@ class CategoryResult:
     failures: dict[str, str] = field(default_factory=dict)  # path -> reason
     metrics: dict[str, float | None] | None = None
     previews: list[tuple[ImageRecord, np.ndarray]] = field(default_factory=list)  # (record, R x R map)
+    constant_maps: bool = False   # category min-max normalisation met one value everywhere (official: NaN)
 
 
 def map_relpath(rec: ImageRecord) -> str:
@@ -54,9 +54,7 @@ def _ground_truth(rec: ImageRecord, resolution: int) -> np.ndarray | None:
         return None
     if rec.label == 0 or not rec.mask_path:
         return np.zeros((resolution, resolution), bool)
-    with Image.open(rec.path) as img:
-        width, height = img.size
-    return metrics.resize_mask(read_mask(rec.mask_path, (height, width)), resolution)
+    return metrics.resize_mask(read_mask(rec.mask_path, image_size(rec.path)), resolution)
 
 
 @task(cache_policy=NO_CACHE, persist_result=False)
@@ -79,6 +77,7 @@ def evaluate_category(ctx: RunContext, category: str, images: list[ImageItem], m
         return result
     maps_arr = np.stack(raw)
     if normalise == "category_minmax":
+        result.constant_maps = bool(maps_arr.max() <= maps_arr.min())
         maps_arr = fusion.minmax_normalise(maps_arr)
     scores = fusion.image_scores(maps_arr)
     for item, m, s in zip(kept, maps_arr, scores):

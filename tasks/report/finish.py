@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from stores import ArtifactRef
 from tasks.engine.context import RunContext
+from tasks.engine.fallbacks import fallback_note
 from tasks.engine.run_state import RunState
 from tasks.report.evaluate import CategoryResult, evaluate_category
 from tasks.report.report_html import render_html
@@ -43,6 +44,20 @@ def write_reports(out_dir: str, report: dict, categories: list[CategoryResult]) 
     return path
 
 
+def _note_constant_maps(state: RunState, categories: list[CategoryResult],
+                        maps: ArtifactRef | dict[str, ArtifactRef]) -> None:
+    """Name each category whose maps were all one value (a fallback) and count its images on the map stage."""
+    for cat in categories:
+        if cat.constant_maps:
+            ref = maps[cat.category] if isinstance(maps, dict) else maps
+            stats = next((s for s in state.stages if s.name == ref.stage), None)
+            if stats is not None:
+                stats.detail["constant_category_maps"] = stats.detail.get("constant_category_maps", 0) + len(cat.images)
+            paths = [os.path.relpath(i["path"], state.dataset.root) if state.dataset.root else i["path"]
+                     for i in cat.images]
+            state.notes.append(f"category {cat.category}: " + fallback_note(ref.stage, "constant_category_maps", paths))
+
+
 def finish_run(ctx: RunContext, state: RunState, maps: ArtifactRef | dict[str, ArtifactRef], resolution: int,
                normalise: str, out_dir: str, save_maps_dir: str | None) -> dict[str, Any]:
     """Evaluate per category (ground truth where it exists), write the reports, mark the run complete.
@@ -59,6 +74,7 @@ def finish_run(ctx: RunContext, state: RunState, maps: ArtifactRef | dict[str, A
                       for cat, items in sorted(by_category.items())]
     except OSError as exc:
         raise _kept(ctx, state, f"could not write the maps to {save_maps_dir}", exc) from None
+    _note_constant_maps(state, categories, maps)
     state.timings["evaluation"] = round(time.perf_counter() - evaluation_started, 3)
     state.timings["stages"] = round(sum(st.seconds for st in state.stages), 3)
     dataset = {**asdict(state.dataset), "images": len(state.records), "files_hashed": state.files_hashed,

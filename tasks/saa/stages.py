@@ -18,7 +18,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from stores import ArtifactRef, ItemData, item_key
-from tasks.datasets.image_io import read_image, read_mask
+from tasks.datasets.image_io import DECODE_RULE, read_image, read_mask
 from tasks.engine.context import ImageItem, RunContext
 from tasks.engine.inputs import ABSENT
 from tasks.engine.runner import StageDef, StageResult, WorkItem, image_item, per_image, run_stage
@@ -37,7 +37,8 @@ def _identity(ctx: RunContext, name: str) -> dict:
 @stage_task
 def image_embedding(ctx: RunContext, images: list[ImageItem], sam_name: str, color_order: str) -> StageResult:
     """SAM's expensive ``set_image`` half, once per image; every prompt pass reuses it."""
-    stage = StageDef("image_embedding", 1, {"color_order": color_order}, (_identity(ctx, sam_name),))
+    stage = StageDef("image_embedding", 1, {"color_order": color_order, "decode": DECODE_RULE},
+                     (_identity(ctx, sam_name),))
 
     def compute(batch: list[WorkItem]) -> list[ItemData]:
         pixels = [read_image(w.payload.record.path, ctx.dataset_root, expect_sha256=w.payload.image_id) for w in batch]
@@ -57,7 +58,8 @@ def detection_item(image_id: str, caption: str) -> str:
 @stage_task
 def grounding_detections(ctx: RunContext, images: list[ImageItem], detector: str, captions: list[str]) -> StageResult:
     """Raw GroundingDINO queries per (image, caption): adding a caption runs the detector for it alone."""
-    stage = StageDef("grounding_detections", 1, {}, (_identity(ctx, detector),))
+    # v2: the official resize rule (short side rounded first) and unpadded one-size batches
+    stage = StageDef("grounding_detections", 2, {"decode": DECODE_RULE}, (_identity(ctx, detector),))
     work = [WorkItem(detection_item(i.image_id, c), i.image_id, (i, normalize_caption(c)))
             for i in images for c in captions]
 
@@ -123,7 +125,8 @@ def oracle_defect_boxes(ctx: RunContext, images: list[ImageItem], objects: Artif
     """Swappable region generator: one box per ground-truth component (tests check downstream logic).
 
     objects / area_threshold: the property prompt on boxes, as in :func:`defect_boxes`."""
-    stage = StageDef("defect_boxes", 2, {"generator": "oracle", "area_threshold": area_threshold if objects else None},
+    stage = StageDef("defect_boxes", 2, {"generator": "oracle", "decode": DECODE_RULE,
+                                         "area_threshold": area_threshold if objects else None},
                      upstream=(objects,) if objects else (), side_inputs=("mask",))
     obj_view = ctx.store.open(objects) if objects else None
 

@@ -11,10 +11,11 @@ import os
 import numpy as np
 
 from stores import ItemData
-from tasks.datasets.image_io import read_image, read_label_map
+from tasks.datasets.image_io import DECODE_RULE, read_image, read_label_map
 from tasks.datasets.records import ImageError
 from tasks.datasets.synth import object_labels_path
 from tasks.engine.context import ImageItem, RunContext
+from tasks.engine.fallbacks import with_fallbacks
 from tasks.engine.inputs import ABSENT
 from tasks.engine.runner import StageDef, StageResult, WorkItem, per_image, run_stage
 from tasks.saa.stages import stage_task
@@ -51,7 +52,7 @@ def _labels(ctx: RunContext, item: ImageItem) -> np.ndarray:
 @stage_task
 def oracle_object_boxes(ctx: RunContext, images: list[ImageItem]) -> StageResult:
     """object_boxes from labels: one tight box per object, score 1; object_area = largest box / image area."""
-    stage = StageDef("object_boxes", 2, {"generator": "oracle"}, side_inputs=("labels",))
+    stage = StageDef("object_boxes", 3, {"generator": "oracle", "decode": DECODE_RULE}, side_inputs=("labels",))
 
     def compute(batch: list[WorkItem]) -> list[ItemData]:
         out = []
@@ -61,16 +62,19 @@ def oracle_object_boxes(ctx: RunContext, images: list[ImageItem]) -> StageResult
             areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / float(labels.size)
             out.append(ItemData({"boxes": boxes, "scores": np.ones(len(boxes), np.float32)},
                                 {"height": labels.shape[0], "width": labels.shape[1],
-                                 "object_area": float(areas.max()) if len(boxes) else 1.0}))
+                                 "object_area": float(areas.max()) if len(boxes) else 1.0,
+                                 **({} if len(boxes) else {"fallbacks": ["no_object_box"]})}))
         return out
 
-    return run_stage(ctx.store, stage, per_image(images, stage), compute, ctx.batch_size, ctx.progress, ctx.run_id)
+    work = per_image(images, stage)
+    return with_fallbacks(ctx.store, run_stage(ctx.store, stage, work, compute, ctx.batch_size, ctx.progress,
+                                               ctx.run_id), work)
 
 
 @stage_task
 def oracle_object_masks(ctx: RunContext, images: list[ImageItem]) -> StageResult:
     """object_masks from labels: masks M x H x W bool (one per object), scores M = 1."""
-    stage = StageDef("object_masks", 2, {"generator": "oracle"}, side_inputs=("labels",))
+    stage = StageDef("object_masks", 2, {"generator": "oracle", "decode": DECODE_RULE}, side_inputs=("labels",))
 
     def compute(batch: list[WorkItem]) -> list[ItemData]:
         out = []

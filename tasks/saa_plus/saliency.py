@@ -126,6 +126,18 @@ def saliency_mode(object_masks: np.ndarray | None, object_count: int) -> str:
     return "single-fallback"
 
 
+def saliency_fallbacks(object_masks: np.ndarray | None, object_count: int) -> list[str]:
+    """Where the official code would crash in a multi-object category, given the masks at the grid (M x h x w):
+    ``object_mask_empty_on_grid`` (a mask with no pixel on the grid: a ValueError there, left out here) and
+    ``fewer_than_two_object_masks`` (< 2 non-empty: a RuntimeError or AttributeError there, single-instance here)."""
+    if object_count <= 1:
+        return []
+    masks = np.zeros((0, 1, 1), bool) if object_masks is None else np.asarray(object_masks, bool)
+    non_empty = masks.reshape(len(masks), int(np.prod(masks.shape[1:]))).any(axis=1)
+    found = ["object_mask_empty_on_grid"] if not non_empty.all() else []
+    return found + (["fewer_than_two_object_masks"] if int(non_empty.sum()) < 2 else [])
+
+
 def saliency_map(features: np.ndarray, object_masks: np.ndarray | None, object_count: int, k: int = 400,
                  neighbours: str = "farthest") -> tuple[np.ndarray, str]:
     """features C x h x w, object_masks M x h x w bool at the grid (or None) -> (h x w float32 map, mode), mode from

@@ -1,8 +1,11 @@
 """SAA+ stages as Prefect tasks (SAA's embedding, detection and refinement stages are reused as they are).
 
 Artifacts added by SAA+ (per image):
-  object_boxes       boxes M x 4 xyxy px, scores M              meta: height, width, object_area
-  saliency_map       map h x w float32 (WRN grid)              meta: mode (single | multi | single-fallback)
+  object_boxes       boxes M x 4 xyxy px, scores M              meta: height, width, object_area[, fallbacks]
+  saliency_map       map h x w float32 (WRN grid)              meta: mode (single | multi | single-fallback)[, fallbacks]
+
+``fallbacks`` names the places where the official code would crash and anomflow goes on (``tasks.engine.fallbacks``);
+the run report lists the images and counts them per stage.
   saa_plus_map       map R x R float32
 """
 from __future__ import annotations
@@ -10,8 +13,9 @@ from __future__ import annotations
 import numpy as np
 
 from stores import ArtifactRef, ItemData
-from tasks.datasets.image_io import read_image
+from tasks.datasets.image_io import DECODE_RULE, read_image
 from tasks.engine.context import ImageItem, RunContext
+from tasks.engine.fallbacks import with_fallbacks
 from tasks.engine.runner import StageDef, StageResult, WorkItem, image_item, per_image, run_stage
 from tasks.models.grounding_dino import normalize_caption
 from tasks.models.loading import load_wrn50
@@ -27,7 +31,7 @@ def object_boxes(ctx: RunContext, images: list[ImageItem], detections: ArtifactR
     """Boxes of the inspected object(s): score above threshold and area below 1/n of the image."""
     rule = regions.BoxFilter(box_threshold, text_threshold, max_area=1.0 / object_count)
     caption = normalize_caption(object_caption)
-    stage = StageDef("object_boxes", 1, {"caption": caption, **rule.__dict__}, upstream=(detections,))
+    stage = StageDef("object_boxes", 2, {"caption": caption, **rule.__dict__}, upstream=(detections,))
     view = ctx.store.open(detections)
 
     def compute(batch: list[WorkItem]) -> list[ItemData]:
@@ -40,10 +44,13 @@ def object_boxes(ctx: RunContext, images: list[ImageItem], detections: ArtifactR
             areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / float(hw[0] * hw[1])
             object_area = float(areas.max()) if len(boxes) else 1.0   # no object found: the whole image
             out.append(ItemData({"boxes": boxes, "scores": scores},
-                                {"height": hw[0], "width": hw[1], "object_area": object_area}))
+                                {"height": hw[0], "width": hw[1], "object_area": object_area,
+                                 **({} if len(boxes) else {"fallbacks": ["no_object_box"]})}))
         return out
 
-    return run_stage(ctx.store, stage, per_image(images, stage), compute, ctx.batch_size, ctx.progress, ctx.run_id)
+    work = per_image(images, stage)
+    return with_fallbacks(ctx.store, run_stage(ctx.store, stage, work, compute, ctx.batch_size, ctx.progress,
+                                               ctx.run_id), work)
 
 
 @stage_task
@@ -54,7 +61,8 @@ def saliency_map(ctx: RunContext, images: list[ImageItem], backbone: str, object
     multi = object_count > 1 and objects is not None
     params = {"multi": multi, "k": k, "neighbours": neighbours, "color_order": color_order,
               "single_size": single_size, "multi_size": multi_size if multi else None}
-    stage = StageDef("saliency_map", 2, params, (_identity(ctx, backbone),), (objects,) if multi else ())
+    stage = StageDef("saliency_map", 3, {**params, "decode": DECODE_RULE}, (_identity(ctx, backbone),),
+                     (objects,) if multi else ())
     obj_view = ctx.store.open(objects) if multi else None
 
     def compute(batch: list[WorkItem]) -> list[ItemData]:
@@ -72,10 +80,14 @@ def saliency_map(ctx: RunContext, images: list[ImageItem], backbone: str, object
             for i, feats in zip(idx, model.features(fed, mode_size)):
                 smap, _ = sal.saliency_map(feats, grids[i] if modes[i] == "multi" else None,
                                            object_count if modes[i] == "multi" else 1, k, neighbours)
-                out[i] = ItemData({"map": smap.astype(np.float32)}, {"mode": modes[i]})
+                fallbacks = sal.saliency_fallbacks(grids[i], object_count) if multi else []
+                out[i] = ItemData({"map": smap.astype(np.float32)},
+                                  {"mode": modes[i], **({"fallbacks": fallbacks} if fallbacks else {})})
         return out
 
-    return run_stage(ctx.store, stage, per_image(images, stage), compute, ctx.batch_size, ctx.progress, ctx.run_id)
+    work = per_image(images, stage)
+    return with_fallbacks(ctx.store, run_stage(ctx.store, stage, work, compute, ctx.batch_size, ctx.progress,
+                                               ctx.run_id), work)
 
 
 @stage_task
