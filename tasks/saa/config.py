@@ -1,4 +1,5 @@
-"""SAA configuration. Defaults follow the official implementation (METHODS.md §2)."""
+"""Vanilla SAA configuration: the paper's SAA (the official code has no vanilla mode), with the official code's
+settings for the stages it shares with SAA+ (METHODS.md §2)."""
 from __future__ import annotations
 
 from typing import Literal
