@@ -39,6 +39,23 @@ def _chunks(seq: list, n: int = _CHUNK) -> Iterator[list]:
         yield seq[i:i + n]
 
 
+_BUSY_SECONDS = 120
+
+
+def _set_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL mode. On a new file, two processes doing this at once get SQLITE_BUSY at once (the journal-mode
+    change does not wait on the busy handler), so retry until the timeout."""
+    deadline = time.monotonic() + _BUSY_SECONDS
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class SqliteIndex(Index):
     """The index of a local store: one SQLite file in WAL mode beside the data (``_index.sqlite``).
 
@@ -58,8 +75,8 @@ class SqliteIndex(Index):
     def db(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None or getattr(self._local, "pid", None) != os.getpid():
-            conn = sqlite3.connect(self.path, timeout=120, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
+            conn = sqlite3.connect(self.path, timeout=_BUSY_SECONDS, isolation_level=None, check_same_thread=False)
+            _set_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
             self._local.conn, self._local.pid = conn, os.getpid()
         return conn

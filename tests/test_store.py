@@ -101,3 +101,28 @@ def test_a_folder_that_is_not_a_store_is_refused(tmp_path):
     with pytest.raises(StoreError, match="not an anomflow store"):
         ArtifactStore(str(tmp_path / "home"))
     assert os.listdir(tmp_path / "home") == ["notes.txt"]
+
+
+def _open_index(root: str, barrier) -> None:
+    from stores.sqlite_index import SqliteIndex
+
+    barrier.wait()
+    SqliteIndex(root)
+
+
+def test_processes_opening_a_new_sqlite_index_at_once_all_succeed(tmp_path):
+    """Switching a new file to WAL answers SQLITE_BUSY without waiting; opening must retry (seen in CI as
+    'database is locked' when two writers started on a fresh store)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    for round_ in range(10):
+        root = tmp_path / str(round_)
+        root.mkdir()
+        barrier = ctx.Barrier(6)
+        procs = [ctx.Process(target=_open_index, args=(str(root), barrier)) for _ in range(6)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0] * 6, round_
