@@ -150,3 +150,24 @@ def test_the_flow_sends_the_official_object_caption_unless_asked_for_the_clean_o
     captions = {s.artifact_record(*a.path.split("/"))["params"]["caption"] for a in list_artifacts(s)
                 if a.path.startswith("object_boxes/")}
     assert captions == {"object,.", "object."}
+
+
+@pytest.mark.usefixtures("fresh_models")
+def test_detection_batches_hold_images_of_one_caption(tmp_path):
+    """4 same-size images x 2 captions with batch size 4: one forward per caption (image-major order needed 4)."""
+    from PIL import Image
+
+    from tasks.datasets.image_io import file_sha256
+    from tasks.datasets.records import ImageRecord
+    from tasks.engine.context import ImageItem, RunContext
+    from tasks.saa.stages import grounding_detections
+
+    items = []
+    for n in range(4):
+        path = tmp_path / f"{n}.png"
+        Image.fromarray(np.random.default_rng(n).integers(0, 255, (64, 64, 3), np.uint8)).save(path)
+        items.append(ImageItem(file_sha256(str(path)), ImageRecord(str(path), f"c/test/good/{n}.png", "c", "test", 0,
+                                                                   "good")))
+    ctx = RunContext(store_url=str(tmp_path / "s"), models_dir=str(tmp_path / "m"), progress=False, batch_size=4)
+    result = grounding_detections.fn(ctx, items, "tiny-gdino", ["crack", "hole"])
+    assert result.stats.computed == 8 and calls.MODEL_CALLS["tiny-gdino"] == 2

@@ -60,8 +60,9 @@ def grounding_detections(ctx: RunContext, images: list[ImageItem], detector: str
     """Raw GroundingDINO queries per (image, caption): adding a caption runs the detector for it alone."""
     # v2: the official resize rule (short side rounded first) and unpadded one-size batches
     stage = StageDef("grounding_detections", 2, {"decode": DECODE_RULE}, (_identity(ctx, detector),))
+    # caption-major: a batch holds several images of one caption, which detect() runs as one forward per size
     work = [WorkItem(detection_item(i.image_id, c), i.image_id, (i, normalize_caption(c)))
-            for i in images for c in captions]
+            for c in captions for i in images]
 
     def compute(batch: list[WorkItem]) -> list[ItemData]:
         model = load_grounding_dino(detector, ctx.models_dir, ctx.random_weights, ctx.device)
