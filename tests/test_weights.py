@@ -1,4 +1,4 @@
-"""tasks.models.weights and `anomflow models`: against a real HTTP server on 127.0.0.1 (loopback only)."""
+"""tasks.models.weights, tasks.models.pull and `anomflow models`: against a real HTTP server on 127.0.0.1 (loopback only)."""
 from __future__ import annotations
 
 import hashlib
@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli.models_cmd import models_app
-from tasks.models import registry, weights
+from tasks.models import pull, registry, weights
 from tasks.models.registry import ModelSpec, Preprocess, WeightFile
 from tasks.models.weights import WeightsMissingError, WeightsVerificationError
 
@@ -128,8 +128,8 @@ def test_pull_verifies_and_writes_atomically(server, register, tmp_path, monkeyp
             replaces.append((Path(src), final.exists()))
         return real_replace(src, dst)
 
-    monkeypatch.setattr(weights.os, "replace", spy)
-    paths = weights.pull("t-pinned", tmp_path, progress=False)
+    monkeypatch.setattr(pull.os, "replace", spy)
+    paths = pull.pull("t-pinned", tmp_path, progress=False)
 
     assert paths == [final]
     assert final.read_bytes() == PAYLOAD
@@ -144,7 +144,7 @@ def test_pull_verifies_and_writes_atomically(server, register, tmp_path, monkeyp
     assert weights.primary_weights_sha256(spec, tmp_path) == PAYLOAD_SHA
     # a second pull finds it present and verified: no new request
     n = len(server.requests)
-    assert weights.pull("t-pinned", tmp_path, progress=False) == [final]
+    assert pull.pull("t-pinned", tmp_path, progress=False) == [final]
     assert len(server.requests) == n
 
 
@@ -156,7 +156,7 @@ def test_resume_after_cut_connection_uses_range(server, register, tmp_path):
     part = tmp_path / "t-resume" / weights.PARTIAL_DIR / "w.pth.part"
 
     with pytest.raises(RuntimeError, match="same command") as info:
-        weights.pull("t-resume", tmp_path, progress=False)
+        pull.pull("t-resume", tmp_path, progress=False)
     assert not isinstance(info.value, WeightsVerificationError)
     assert not final.exists()
     assert part.is_file()
@@ -164,7 +164,7 @@ def test_resume_after_cut_connection_uses_range(server, register, tmp_path):
     assert 0 < n < len(PAYLOAD)
     assert server.requests[-1][1] is None
 
-    assert weights.pull("t-resume", tmp_path, progress=False) == [final]
+    assert pull.pull("t-resume", tmp_path, progress=False) == [final]
     assert server.requests[-1][1] == f"bytes={n}-"
     assert final.read_bytes() == PAYLOAD
     assert not part.exists()
@@ -177,7 +177,7 @@ def test_server_ignoring_range_restarts_from_zero(server, register, tmp_path):
     part = tmp_path / "t-norange" / weights.PARTIAL_DIR / "w.pth.part"
     part.parent.mkdir(parents=True)
     part.write_bytes(PAYLOAD[:1000])
-    weights.pull("t-norange", tmp_path, progress=False)
+    pull.pull("t-norange", tmp_path, progress=False)
     assert server.requests[-1][1] == "bytes=1000-"
     assert (tmp_path / "t-norange" / "w.pth").read_bytes() == PAYLOAD  # not prefix + whole file
 
@@ -187,7 +187,7 @@ def test_corrupted_download_leaves_nothing(server, register, tmp_path):
     server.mode = "corrupt"
     register(_spec("t-corrupt", [WeightFile("w.pth", PAYLOAD_SHA, f"{server.base}/w.pth", len(PAYLOAD))]))
     with pytest.raises(WeightsVerificationError) as info:
-        weights.pull("t-corrupt", tmp_path, progress=False)
+        pull.pull("t-corrupt", tmp_path, progress=False)
     assert PAYLOAD_SHA in str(info.value)
     assert not (tmp_path / "t-corrupt" / "w.pth").exists()
     assert not (tmp_path / "t-corrupt" / weights.PARTIAL_DIR / "w.pth.part").exists()
@@ -198,7 +198,7 @@ def test_size_mismatch_is_verification_error(server, register, tmp_path):
     server.files["w.pth"] = PAYLOAD
     register(_spec("t-size", [WeightFile("w.pth", None, f"{server.base}/w.pth", len(PAYLOAD) + 1)]))
     with pytest.raises(WeightsVerificationError, match="size"):
-        weights.pull("t-size", tmp_path, progress=False)
+        pull.pull("t-size", tmp_path, progress=False)
     assert _all_files(tmp_path) == []
 
 
@@ -210,7 +210,7 @@ def test_network_error_is_clear_runtime_error(register, tmp_path):
         port = s.getsockname()[1]
     register(_spec("t-down", [WeightFile("w.pth", PAYLOAD_SHA, f"http://127.0.0.1:{port}/w.pth", None)]))
     with pytest.raises(RuntimeError, match="anomflow models pull t-down"):
-        weights.pull("t-down", tmp_path, progress=False)
+        pull.pull("t-down", tmp_path, progress=False)
     assert not (tmp_path / "t-down" / "w.pth").exists()
 
 
@@ -218,7 +218,7 @@ def test_mirror_env_replaces_url(server, register, tmp_path, monkeypatch):
     server.files["w.pth"] = PAYLOAD
     register(_spec("t-mirror", [WeightFile("w.pth", PAYLOAD_SHA, "http://127.0.0.1:9/nowhere/w.pth", None)]))
     monkeypatch.setenv(weights.MIRROR_ENV, server.base + "/")
-    weights.pull("t-mirror", tmp_path, progress=False)
+    pull.pull("t-mirror", tmp_path, progress=False)
     assert server.requests[-1][0] == "/files/w.pth"
     assert (tmp_path / "t-mirror" / "w.pth").read_bytes() == PAYLOAD
 
@@ -227,7 +227,7 @@ def test_mirror_env_replaces_url(server, register, tmp_path, monkeypatch):
 def test_unpinned_hash_recorded_and_tampering_detected(server, register, tmp_path, monkeypatch):
     server.files["cfg.json"] = PAYLOAD
     spec = register(_spec("t-tofu", [WeightFile("cfg.json", None, f"{server.base}/cfg.json", None)]))
-    weights.pull("t-tofu", tmp_path, progress=False)
+    pull.pull("t-tofu", tmp_path, progress=False)
     entry = _stamp(tmp_path, "t-tofu")["cfg.json"]
     assert entry["sha256"] == PAYLOAD_SHA and entry["pinned"] is False
 

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from tasks.models import registry, weights
+from tasks.models import pull, registry, weights
 
 models_app = typer.Typer(
     help="Model weights: list what is registered and present, pull official weights, import local files.",
@@ -48,18 +48,20 @@ def _file_status(st: weights.FileStatus, name: str) -> str:
 
 @models_app.command("list")
 def list_cmd(models_dir: ModelsDirOpt = None) -> None:
-    """Every registered model with its files, expected sha256 and status on disk."""
+    """Every registered model (architecture and weight tag) with its files, expected sha256 and status on disk."""
     mdir = _models_dir(models_dir)
     typer.echo(f"models dir: {mdir.absolute()}")
-    rows = [("MODEL", "FAMILY", "KIND", "FILE", "EXPECTED SHA256", "STATUS")]
+    typer.echo("a model is also reachable as ARCH:TAG (e.g. wrn50-2:tv_in1k)")
+    rows = [("MODEL", "ARCH", "TAG", "FAMILY", "KIND", "FILE", "EXPECTED SHA256", "STATUS")]
     for name in sorted(registry.MODEL_SPECS):
         spec = registry.MODEL_SPECS[name]
         kind = "tiny" if spec.tiny else "official"
+        model = (name, spec.architecture, spec.tag or "-", spec.family, kind)
         if not spec.files:
-            rows.append((name, spec.family, kind, "-", "-", "built from seed (tiny)"))
+            rows.append((*model, "-", "-", "built from seed (tiny)"))
             continue
         for i, st in enumerate(weights.file_statuses(spec, mdir)):
-            head = (name, spec.family, kind) if i == 0 else ("", "", "")
+            head = model if i == 0 else ("",) * len(model)
             rows.append((*head, st.filename, st.expected_sha256 or "not pinned", _file_status(st, name)))
     typer.echo(_table(rows))
 
@@ -76,11 +78,12 @@ def pull_cmd(
     """Download (resumably) and verify the weight files of NAME. The only command that uses the network."""
     spec = _spec_or_exit(name)
     mdir = _models_dir(models_dir)
+    name = spec.name  # ARCH:TAG -> the registered name (whose directory holds the files)
     if spec.tiny:
         typer.echo(f"{name} is a tiny model built from seed {spec.seed}; nothing to pull.")
         return
     try:
-        paths = weights.pull(name, mdir, mirror=mirror, progress=progress)
+        paths = pull.pull(name, mdir, mirror=mirror, progress=progress)
     except weights.WeightsVerificationError as exc:
         typer.echo(f"verification failed: {exc}", err=True)
         raise typer.Exit(1) from None

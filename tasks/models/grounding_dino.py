@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from tasks.models.calls import count_call, count_load
-from tasks.models.loading import ModelIdentity
+from tasks.models.identity import ModelIdentity
 from tasks.models.registry import ModelSpec, Preprocess
 
 FULL_VOCAB_SIZE = 30522  # bert-base-uncased

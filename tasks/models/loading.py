@@ -1,111 +1,70 @@
-"""Model identity and memoised loaders for the SAM and GroundingDINO adapters.
+"""Memoised loaders: one adapter per process per (model, models_dir, random_weights, device).
 
 Three ways a model comes to exist, always from local files or from a seed, never from a hub:
 
 * tiny specs (``spec.tiny``): seeded random weights at the tiny size;
 * official specs with ``random_weights=True``: the official architecture at full size, seeded random weights
-  (for speed/memory benchmarks; the checkpoint is not read even if present, so the identity stays honest);
+  (for speed/memory benchmarks; the checkpoint is not read even if present, so the identity stays honest). The
+  weights belong to the architecture: every tag of it loads the same model, named after the architecture;
 * official specs otherwise: the checkpoint files under ``<models_dir>/<spec.name>/``, verified by
   ``tasks.models.weights`` (missing -> ``WeightsMissingError``).
 
-The identity says which of these produced the outputs; caches key on it.
+Each family's module (and its library) is imported only when a model of that family is first built.
+Identity lives in :mod:`tasks.models.identity`; its names are re-exported here for older callers.
 """
 from __future__ import annotations
 
-import hashlib
-import importlib
-import json
 import threading
 import time
-from dataclasses import asdict, dataclass
-from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from tasks.models import calls, registry
+from tasks.models.identity import (RANDOM_PREFIX, ModelIdentity, model_identity,  # noqa: F401 (re-exported)
+                                   models_dir_or_default, random_recipe_sha256, uses_random_weights)
 
 if TYPE_CHECKING:  # pragma: no cover
+    from tasks.models.clip import ClipAdapter
+    from tasks.models.dinov2 import Dinov2Adapter
     from tasks.models.grounding_dino import GroundingDinoAdapter
     from tasks.models.sam import SamAdapter
     from tasks.models.wrn50 import Wrn50Adapter
 
-RANDOM_PREFIX = "seeded-random:"
+
+# ------------------------------------------------------------------------------------------------- builders
+# family -> builder(spec, models_dir, identity, device); each imports its module (and library) lazily.
+def _build_sam(*args):
+    from tasks.models.sam import build_sam_adapter
+    return build_sam_adapter(*args)
 
 
-@dataclass(frozen=True)
-class ModelIdentity:
-    """What produced a model's outputs: the verified weights hash, or a hash of the seeded-random recipe."""
-
-    name: str
-    weights_sha256: str
-    tiny: bool
-    random_weights: bool
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+def _build_grounding_dino(*args):
+    from tasks.models.grounding_dino import build_grounding_dino_adapter
+    return build_grounding_dino_adapter(*args)
 
 
-def _uses_random_weights(spec: registry.ModelSpec, random_weights: bool) -> bool:
-    return spec.tiny or random_weights
+def _build_wrn50(*args):
+    from tasks.models.wrn50 import build_wrn50_adapter
+    return build_wrn50_adapter(*args)
 
 
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:  # pragma: no cover - both are dependencies
-        return "absent"
+def _build_dinov2(*args):
+    from tasks.models.dinov2 import build_dinov2_adapter
+    return build_dinov2_adapter(*args)
 
 
-def random_recipe_sha256(spec: registry.ModelSpec) -> str:
-    """sha256 of the canonical JSON of what determines seeded-random weights.
-    GroundingDINO's init code lives in transformers, so its version is part of the recipe too."""
-    recipe: dict[str, Any] = {"name": spec.name, "arch": spec.arch, "seed": spec.seed, "torch": _version("torch")}
-    if spec.family == "grounding_dino":
-        recipe["transformers"] = _version("transformers")
-    blob = json.dumps(recipe, sort_keys=True, separators=(",", ":"), default=list)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+def _build_clip(*args):
+    from tasks.models.clip import build_clip_adapter
+    return build_clip_adapter(*args)
 
 
-def model_identity(name: str, models_dir: str | Path | None, random_weights: bool = False) -> ModelIdentity:
-    """Cheap (no model construction). Official & present: the verified sha256 of the primary weights file.
-    Tiny specs, or official specs with ``random_weights=True``: ``"seeded-random:" + sha256(recipe)``.
-    Official, files missing, ``random_weights=False``: raises ``WeightsMissingError``."""
-    spec = registry.get_spec(name)
-    random = _uses_random_weights(spec, random_weights)
-    if random:
-        sha = RANDOM_PREFIX + random_recipe_sha256(spec)
-    else:
-        from tasks.models.weights import primary_weights_sha256
-
-        sha = primary_weights_sha256(spec, _models_dir(models_dir))
-    return ModelIdentity(name=spec.name, weights_sha256=sha, tiny=spec.tiny, random_weights=random)
-
-
-def _models_dir(models_dir: str | Path | None) -> Path:
-    return Path(models_dir) if models_dir is not None else registry.default_models_dir()
+_BUILDERS: dict[str, Callable[..., Any]] = {"sam": _build_sam, "grounding_dino": _build_grounding_dino,
+                                            "wrn50": _build_wrn50, "dinov2": _build_dinov2, "clip": _build_clip}
 
 
 # ---------------------------------------------------------------------------------------------------- memo
 _CACHE: dict[tuple, Any] = {}
 _LOCK = threading.RLock()
-
-
-def _cache_key(family: str, name: str, models_dir: str | Path | None, random_weights: bool, device: str) -> tuple:
-    spec = registry.get_spec(name)
-    random = _uses_random_weights(spec, random_weights)
-    where = None if random else str(_models_dir(models_dir).expanduser().resolve())
-    # the spec itself is part of the key: a test may swap MODEL_SPECS entries under the same name
-    return family, spec, where, random, str(device)
-
-
-def _memoised(family: str, name: str, models_dir, random_weights: bool, device: str, build):
-    key = _cache_key(family, name, models_dir, random_weights, device)
-    with _LOCK:
-        if key not in _CACHE:
-            start = time.perf_counter()
-            _CACHE[key] = build()
-            calls.add_load_seconds(name, time.perf_counter() - start)
-        return _CACHE[key]
 
 
 def _check_family(name: str, family: str) -> registry.ModelSpec:
@@ -115,21 +74,22 @@ def _check_family(name: str, family: str) -> registry.ModelSpec:
     return spec
 
 
-_BUILDERS = {"sam": ("tasks.models.sam", "build_sam_adapter"),
-             "grounding_dino": ("tasks.models.grounding_dino", "build_grounding_dino_adapter"),
-             "wrn50": ("tasks.models.wrn50", "build_wrn50_adapter")}
-
-
 def _load(family: str, name: str, models_dir, random_weights: bool, device: str):
-    """Build (once per process, per models_dir / random_weights / device) the adapter of a family's model."""
+    """Build (once per process, per models_dir / random_weights / device) the adapter of a family's model.
+    Random weights are built from the architecture's spec, so all its tags share one memoised model."""
     spec = _check_family(name, family)
-
-    def build():
-        module, builder = _BUILDERS[family]
-        identity = model_identity(name, models_dir, random_weights)
-        return getattr(importlib.import_module(module), builder)(spec, _models_dir(models_dir), identity, device)
-
-    return _memoised(family, name, models_dir, random_weights, device, build)
+    random = uses_random_weights(spec, random_weights)
+    built = registry.random_spec(spec) if random else spec
+    where = None if random else str(models_dir_or_default(models_dir).expanduser().resolve())
+    # the spec itself is part of the key: a test may swap MODEL_SPECS entries under the same name
+    key = (family, built, where, random, str(device))
+    with _LOCK:
+        if key not in _CACHE:
+            start = time.perf_counter()
+            identity = model_identity(name, models_dir, random_weights)
+            _CACHE[key] = _BUILDERS[family](built, models_dir_or_default(models_dir), identity, device)
+            calls.add_load_seconds(built.name, time.perf_counter() - start)
+        return _CACHE[key]
 
 
 def load_sam(name: str, models_dir: str | Path | None = None, random_weights: bool = False,
@@ -150,8 +110,19 @@ def load_wrn50(name: str, models_dir: str | Path | None = None, random_weights: 
     return _load("wrn50", name, models_dir, random_weights, device)
 
 
+def load_dinov2(name: str, models_dir: str | Path | None = None, random_weights: bool = False,
+                device: str = "cpu") -> "Dinov2Adapter":
+    """The DINOv2 patch-token adapter for ``name``."""
+    return _load("dinov2", name, models_dir, random_weights, device)
+
+
+def load_clip(name: str, models_dir: str | Path | None = None, random_weights: bool = False,
+              device: str = "cpu") -> "ClipAdapter":
+    """The CLIP image/text adapter for ``name``."""
+    return _load("clip", name, models_dir, random_weights, device)
+
+
 def clear_model_cache() -> None:
     """Forget every memoised adapter (the next load constructs afresh and counts a load)."""
     with _LOCK:
         _CACHE.clear()
-

@@ -1,4 +1,8 @@
-"""`anomflow models pull`: resumable, verified, atomic downloads where a network exists."""
+"""`anomflow models pull`: resumable, verified, atomic downloads where a network exists (the only network code).
+
+Downloads go to ``.partial/<filename>.part`` (resumable with HTTP Range) and are moved into place with
+``os.replace`` only after verification, so nothing half-written ever carries a final file name.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -9,9 +13,11 @@ from pathlib import Path
 import httpx
 from tqdm import tqdm
 
+from tasks.models import registry
 from tasks.models.registry import WeightFile
-from tasks.models.weights import (_BLOCK, MIRROR_ENV, PARTIAL_DIR, WeightsVerificationError, _check, _entry,
-                                  _fsync_dir, _model_dir, _record, registry, sha256_file, verified_sha256)
+from tasks.models.weight_files import (BLOCK, MIRROR_ENV, PARTIAL_DIR, WeightsVerificationError, check, fsync_dir,
+                                       model_dir, record, sha256_file, stamp_entry)
+from tasks.models.weights import verified_sha256
 
 
 # -------------------------------------------------------------------------------------------------- pull
@@ -40,7 +46,7 @@ def _download(wf: WeightFile, url: str, part: Path, client: httpx.Client, progre
             if not content_range.startswith(f"bytes {offset}-"):
                 raise httpx.RemoteProtocolError(f"server answered Range bytes={offset}- with {content_range!r}")
             with open(part, "rb") as f:
-                while block := f.read(_BLOCK):
+                while block := f.read(BLOCK):
                     h.update(block)
             mode = "ab"
         else:  # 200: the server ignored Range (or there was none) -> restart from zero
@@ -71,7 +77,7 @@ def pull(name: str, models_dir: str | os.PathLike, mirror: str | None = None, pr
     WeightsVerificationError (bad hash/size; nothing kept) or RuntimeError (network; .part kept to resume)."""
     spec = registry.get_spec(name)
     mirror = mirror if mirror is not None else (os.environ.get(MIRROR_ENV) or None)
-    mdir = _model_dir(spec, models_dir)
+    mdir = model_dir(spec, models_dir)
     own_client = client is None
     if own_client:
         client = httpx.Client(timeout=httpx.Timeout(30.0, read=120.0), follow_redirects=True)
@@ -98,16 +104,16 @@ def pull(name: str, models_dir: str | os.PathLike, mirror: str | None = None, pr
                     f"download of {wf.filename!r} for model {name!r} from {url} failed: {exc}{kept}. "
                     f"It can be resumed by running the same command again: anomflow models pull {name}"
                 ) from exc
-            entry = _entry(mdir, wf.filename)
+            entry = stamp_entry(mdir, wf.filename)
             try:
-                _check(wf, part, size, sha, entry["sha256"] if entry else None)
+                check(wf, part, size, sha, entry["sha256"] if entry else None)
             except WeightsVerificationError as exc:
                 part.unlink(missing_ok=True)
                 raise WeightsVerificationError(f"downloaded from {url}: {exc}", path=final,
                                                expected=exc.expected, actual=exc.actual) from None
             os.replace(part, final)
-            _fsync_dir(mdir)
-            _record(spec, mdir, wf.filename, sha)
+            fsync_dir(mdir)
+            record(spec, mdir, wf.filename, sha)
             paths.append(final)
     finally:
         if own_client:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from tasks.models.registry import TINY_TWIN, get_spec
+from tasks.models.registry import get_spec, tiny_twin
 
 
 def official_present(name: str, models_dir: str) -> bool:
@@ -23,7 +23,7 @@ def resolve_models(config: BaseModel, models_dir: str, allow_tiny: bool, random_
         get_spec(name)  # unknown names fail here, with the registered list
         if official_present(name, models_dir) or random_weights or not allow_tiny:
             continue
-        twin = TINY_TWIN.get(name)
+        twin = tiny_twin(name)
         if twin:
             changes[slot] = twin
             notes.append(f"{name} weights not found in {models_dir}: using the stand-in {twin} (random weights)")

@@ -16,7 +16,8 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from tasks.models.calls import count_call, count_load
-from tasks.models.loading import ModelIdentity
+from tasks.models.checkpoint import read_state_dict
+from tasks.models.identity import ModelIdentity
 from tasks.models.registry import ModelSpec
 
 _Points = tuple[torch.Tensor, torch.Tensor]  # coords N x P x 2, labels N x P
@@ -54,18 +55,6 @@ def build_seeded_sam(spec: ModelSpec) -> Sam:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
         return build_sam_model(spec)
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint: ``.safetensors`` via safetensors, else ``torch.load(weights_only=True)``."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    return state
 
 
 def build_checkpoint_sam(spec: ModelSpec, checkpoint: Path) -> Sam:

@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from tasks.models.calls import count_call, count_load
-from tasks.models.loading import ModelIdentity
+from tasks.models.checkpoint import read_state_dict
+from tasks.models.identity import ModelIdentity
 from tasks.models.registry import ModelSpec
-
 
 
 # ------------------------------------------------------------------------------------------------- building
@@ -45,16 +45,6 @@ def build_seeded_wrn50(spec: ModelSpec) -> ResNet:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
         return build_wrn50_model(spec)
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint via ``torch.load(weights_only=True)``; a ``{"state_dict"|"model": {...}}`` wrapper is
-    unwrapped."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    return state
 
 
 def build_checkpoint_wrn50(spec: ModelSpec, checkpoint: Path) -> ResNet:
