@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 
 from tasks.datasets import load_dataset  # noqa: E402
 from tasks.datasets.image_io import read_image  # noqa: E402
-from tasks.models.grounding_dino import normalize_caption  # noqa: E402
+from tasks.models.captions import normalize_caption  # noqa: E402
 from tasks.models.loading import load_grounding_dino, load_sam  # noqa: E402
 from tasks.saa import fusion, regions  # noqa: E402
 from tasks.saa.config import SAAConfig  # noqa: E402

@@ -7,6 +7,7 @@ import tempfile
 _PREFECT_HOME = tempfile.mkdtemp(prefix="anomflow-prefect-")
 os.environ.setdefault("PREFECT_HOME", _PREFECT_HOME)
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("ANOMFLOW_PREFECT_SERVER", "ephemeral")   # CLI subprocesses leave no server behind
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")   # busy 2-core machines
 os.environ.setdefault("DO_NOT_TRACK", "1")

@@ -41,6 +41,9 @@ def execute(method: str, dataset: str, root: str, categories: list[str] | None, 
             allow_tiny: bool, batch_size: int | None, device: str, progress: bool,
             flow_override: Any = None) -> dict[str, Any]:
     """Validate everything a user can get wrong before any work starts, then run the flow."""
+    from flows.cli.prefect_server import choose_prefect_api
+
+    api_note = choose_prefect_api()   # before Prefect is imported: its settings are read on import
     from flows.methods import method_table
     from tasks.config import ConfigError, apply_overrides
     from tasks.datasets.records import DatasetError
@@ -73,7 +76,7 @@ def execute(method: str, dataset: str, root: str, categories: list[str] | None, 
         open_store(store)
     except UsageError as exc:
         fail_usage(str(exc))
-    for note in notes:
+    for note in notes + ([api_note] if api_note else []):
         typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
     ctx = RunContext(store_url=store, models_dir=models_dir, dataset_root=os.path.abspath(root),
                      random_weights=random_weights, device=device, batch_size=config.batch_size, progress=progress)

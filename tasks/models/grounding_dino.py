@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from tasks.models.calls import count_call, count_load
+from tasks.models.captions import normalize_caption
 from tasks.models.identity import ModelIdentity
 from tasks.models.registry import ModelSpec, Preprocess
 
@@ -32,12 +33,6 @@ class GroundingOutput:
     boxes_cxcywh: np.ndarray  # Q x 4 float32, normalised [0, 1] (pred_boxes)
     token_logits: np.ndarray  # Q x T float32 sigmoid scores for the caption's T tokens
     token_ids: np.ndarray  # T int64, the tokenised caption incl. special tokens
-
-
-def normalize_caption(caption: str) -> str:
-    """Lower-case, strip, end with '.' (the form GroundingDINO was trained on)."""
-    caption = caption.lower().strip()
-    return caption if caption.endswith(".") else caption + "."
 
 
 # ------------------------------------------------------------------------------------------------- configs

@@ -22,7 +22,7 @@ from tasks.datasets.image_io import DECODE_RULE, read_image, read_mask
 from tasks.engine.context import ImageItem, RunContext
 from tasks.engine.inputs import ABSENT
 from tasks.engine.runner import StageDef, StageResult, WorkItem, image_item, per_image, run_stage
-from tasks.models.grounding_dino import normalize_caption
+from tasks.models.captions import normalize_caption
 from tasks.models.loading import load_grounding_dino, load_sam, model_identity
 from tasks.saa import fusion, regions
 from tasks.saa.mask_memo import BoxMaskMemo, memo_stage

@@ -17,7 +17,7 @@ from tasks.datasets.image_io import DECODE_RULE, read_image
 from tasks.engine.context import ImageItem, RunContext
 from tasks.engine.fallbacks import with_fallbacks
 from tasks.engine.runner import StageDef, StageResult, WorkItem, image_item, per_image, run_stage
-from tasks.models.grounding_dino import normalize_caption
+from tasks.models.captions import normalize_caption
 from tasks.models.loading import load_wrn50
 from tasks.saa import fusion, regions
 from tasks.saa.stages import _identity, detection_item, stage_task

@@ -1,0 +1,84 @@
+"""Which Prefect API a CLI run talks to, decided before Prefect is imported.
+
+Prefect's ephemeral mode starts an API server inside every process and waits for its health check: about 8 s of
+a warm run's start-up on this machine. Instead, ``anomflow run`` uses a local server that outlives it:
+
+* ``PREFECT_API_URL`` set: that server, as Prefect would.
+* ``ANOMFLOW_PREFECT_SERVER=auto`` (default): a healthy server of the same Prefect version on
+  ``127.0.0.1:$ANOMFLOW_PREFECT_PORT`` (default 4200, Prefect's own) is reused; if none answers, one is started
+  with ``prefect server start --background`` (Prefect's PID file in ``$PREFECT_HOME``; ``prefect server stop``
+  ends it) and reused by every later run. Its UI shows every run at http://127.0.0.1:4200.
+* ``ANOMFLOW_PREFECT_SERVER=ephemeral``: Prefect's per-process server (nothing outlives the run).
+
+Any failure to reach or start a server falls back to the ephemeral mode with a note; a run never fails for it.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import httpx
+
+DEFAULT_PORT = 4200
+_PROBE_SECONDS = 0.5
+
+
+def _api_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}/api"
+
+
+def server_version(api_url: str) -> str | None:
+    """The Prefect version of a healthy server at ``api_url``, or None if nothing healthy answers."""
+    try:
+        health = httpx.get(f"{api_url}/health", timeout=_PROBE_SECONDS)
+        if health.status_code != 200 or health.json() is not True:
+            return None
+        version = httpx.get(f"{api_url}/admin/version", timeout=_PROBE_SECONDS)
+        return version.json() if version.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def _start_background(port: int, timeout: float) -> str | None:
+    """``prefect server start --background`` on 127.0.0.1:port, then wait for health; a failure reason or None."""
+    prefect = Path(sys.executable).with_name("prefect")
+    cmd = [str(prefect) if prefect.exists() else "prefect", "server", "start", "--background", "--host",
+           "127.0.0.1", "--port", str(port), "--analytics-off"]
+    try:
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"could not run {' '.join(cmd)}: {exc}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:   # another run may be starting it at the same moment: either one will do
+        if server_version(_api_url(port)) is not None:
+            return None
+        time.sleep(0.25)
+    return f"no healthy Prefect server on 127.0.0.1:{port} after {timeout:.0f} s"
+
+
+def choose_prefect_api(environ: dict[str, str] | None = None) -> str | None:
+    """Set ``PREFECT_API_URL`` in ``environ`` (default ``os.environ``) as described above; returns a note for the
+    user when it fell back to the ephemeral mode, else None. Must run before Prefect is first imported."""
+    env = os.environ if environ is None else environ
+    mode = env.get("ANOMFLOW_PREFECT_SERVER", "auto")
+    if env.get("PREFECT_API_URL") or mode == "ephemeral" or "prefect" in sys.modules:
+        return None
+    if mode != "auto":
+        return f"ANOMFLOW_PREFECT_SERVER={mode!r} is not one of auto, ephemeral: using Prefect's ephemeral server"
+    port = int(env.get("ANOMFLOW_PREFECT_PORT", DEFAULT_PORT))
+    url, ours = _api_url(port), metadata.version("prefect")
+    version = server_version(url)
+    if version is None:
+        failure = _start_background(port, float(env.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 120)))
+        if failure:
+            return f"{failure}; using Prefect's ephemeral server for this run"
+        version = server_version(url)
+    if version != ours:
+        return (f"the Prefect server on 127.0.0.1:{port} runs Prefect {version}, this is {ours}: using Prefect's "
+                "ephemeral server for this run (stop that server, or set ANOMFLOW_PREFECT_PORT)")
+    env["PREFECT_API_URL"] = url
+    return None

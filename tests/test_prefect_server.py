@@ -1,0 +1,60 @@
+"""`anomflow run` reuses a local Prefect server that outlives it, and starts one when none answers."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+from flows.cli.prefect_server import choose_prefect_api, server_version
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_explicit_url_and_ephemeral_mode_are_left_alone():
+    env = {"PREFECT_API_URL": "http://example.invalid/api"}
+    assert choose_prefect_api(env) is None and env["PREFECT_API_URL"] == "http://example.invalid/api"
+    env = {"ANOMFLOW_PREFECT_SERVER": "ephemeral"}
+    assert choose_prefect_api(env) is None and "PREFECT_API_URL" not in env
+
+
+def test_a_run_starts_a_server_that_outlives_it_and_the_next_run_reuses_it(tmp_path, synth_root):
+    port = _free_port()
+    env = {**os.environ, "ANOMFLOW_PREFECT_SERVER": "auto", "ANOMFLOW_PREFECT_PORT": str(port),
+           "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    env.pop("PREFECT_API_URL", None)
+    url = f"http://127.0.0.1:{port}/api"
+    assert server_version(url) is None
+    cmd = [sys.executable, "-m", "flows.cli.main", "run", "saa", "--dataset", "mvtec", "--root", synth_root,
+           "--store", str(tmp_path / "store"), "--models-dir", str(tmp_path / "models"), "--allow-tiny",
+           "--no-progress", "--category", "synth_texture"]
+    try:
+        first = subprocess.run(cmd + ["--out", str(tmp_path / "o1")], env=env, capture_output=True, text=True,
+                               timeout=400)
+        assert first.returncode == 0, first.stderr[-2000:]
+        assert server_version(url) is not None            # still up after the run ended
+        pid_file = tmp_path / "prefect-home" / "server.pid"
+        pid = pid_file.read_text().strip()                 # Prefect's own PID file for a --background server
+        second = subprocess.run(cmd + ["--out", str(tmp_path / "o2")], env=env, capture_output=True, text=True,
+                                timeout=400)
+        assert second.returncode == 0, second.stderr[-2000:]
+        assert "ephemeral" not in second.stderr
+        assert pid_file.read_text().strip() == pid         # the same server, not a new one
+        report = json.load(open(tmp_path / "o2" / "report.json"))
+        assert all(s["computed"] == 0 for s in report["stages"])
+    finally:
+        subprocess.run([str(os.path.join(os.path.dirname(sys.executable), "prefect")), "server", "stop"], env=env,
+                       capture_output=True, timeout=60)
+    assert server_version(url) is None
+
+
+def test_an_unknown_mode_falls_back_with_a_note(monkeypatch):
+    monkeypatch.delitem(sys.modules, "prefect", raising=False)   # pretend Prefect is not imported yet
+    env = {"ANOMFLOW_PREFECT_SERVER": "sometimes"}
+    note = choose_prefect_api(env)
+    assert note and "auto, ephemeral" in note and "PREFECT_API_URL" not in env
