@@ -6,7 +6,8 @@ cumulative true/false positive counts at every distinct threshold (prediction = 
 give every curve exactly. This is the same computation as sklearn's ``roc_auc_score`` and
 ``average_precision_score`` (the tests check equality), but costs one ``argsort`` instead of
 three stable sorts plus label scans, which matters at 200 x 400 x 400 = 32 M pixels.
-Image metrics (N scores) call sklearn directly.
+Image metrics (N scores) use the same ranking. sklearn stays the tests' reference; not importing it
+saves about 1.5 s of every run's start-up.
 
 Undefined metrics are ``None``: AUROC needs both classes, AP and F1 need a positive, AUPRO
 needs a ground-truth component and a normal pixel. Values are plain Python floats.
@@ -229,12 +230,12 @@ def image_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float | N
     out: dict[str, float | None] = dict.fromkeys(IMAGE_KEYS)
     if n_pos == 0:
         return out
-    from sklearn.metrics import average_precision_score, roc_auc_score   # 1.5 s to import: only when scoring
-
-    if n_pos < y.size:
-        out["image_auroc"] = float(roc_auc_score(y, scores))
-    out["image_ap"] = float(average_precision_score(y, scores))
-    out["image_f1_max"] = f1_max(scores, y)
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("scores contain NaN or infinite values")
+    ranking = _rank(scores, y == 1)
+    out["image_auroc"] = _auroc(ranking) if n_pos < y.size else None
+    out["image_ap"] = _average_precision(ranking)
+    out["image_f1_max"] = _f1_max(ranking)
     return out
 
 

@@ -362,3 +362,15 @@ def test_resize_mask_nearest():
     assert out[:2, :2].all() and out.sum() == 4
     small = resize_mask(np.kron(np.array([[255, 0], [0, 255]], dtype=np.uint8), np.ones((4, 4), np.uint8)), 2)
     assert small.tolist() == [[True, False], [False, True]]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_image_metrics_equal_sklearn(seed):
+    """Image metrics use the pixel ranking (no sklearn import at run time); sklearn is the reference."""
+    rng = np.random.default_rng(100 + seed)
+    labels = rng.integers(0, 2, 200)
+    labels[:2] = [0, 1]
+    scores = np.round(rng.random(200) + 0.25 * labels, 2)   # many ties
+    got = image_metrics(scores, labels)
+    assert got["image_auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert got["image_ap"] == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
