@@ -107,7 +107,7 @@ def check_inputs(config: object, kind: str, root: str, categories: list[str] | N
     try:
         load_dataset(kind, root, categories)
         if getattr(config, "expert_table", None) is not None:
-            from flows.saa_plus import expert_table
+            from tasks.saa_plus.plan import expert_table
 
             expert_table(config.expert_table, kind)
     except (DatasetError, ExpertError) as exc:
