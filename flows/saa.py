@@ -1,4 +1,4 @@
-"""SAA flow: wiring only. Stages live in tasks/saa/stages.py; METHODS.md §2 is the spec."""
+"""SAA flow: wiring only. Shared SAM/GroundingDINO stages: tasks/stages; SAA's own: tasks/saa/stages.py."""
 from __future__ import annotations
 
 from prefect import flow
@@ -7,6 +7,8 @@ from tasks.engine.context import RunContext
 from tasks.engine.run_state import DatasetSpec, start_run
 from tasks.report.finish import finish_run
 from tasks.saa import stages
+from tasks.stages import grounding_dino as gdino_stages
+from tasks.stages import sam as sam_stages
 from tasks.saa.config import SAAConfig
 from tasks.saa.regions import BoxFilter
 
@@ -23,10 +25,11 @@ def saa_flow(config: SAAConfig, ctx: RunContext, dataset: DatasetSpec, out_dir: 
 
     embeddings = None
     if uses_sam:
-        embeddings = stages.image_embedding(ctx, run.alive, config.models.sam, config.sam_color_order)
+        embeddings = sam_stages.image_embedding(ctx, run.alive, config.models.sam, config.sam_color_order)
         run.absorb(ctx, embeddings)
     if uses_gdino:
-        detections = stages.grounding_detections(ctx, run.alive, config.models.detector, config.defect_prompts)
+        detections = gdino_stages.grounding_detections(ctx, run.alive, config.models.detector,
+                                                       config.defect_prompts)
         run.absorb(ctx, detections)
         rule = BoxFilter(config.box_threshold, config.text_threshold, config.max_box_area,
                          max_boxes=config.max_boxes_per_caption)
@@ -35,7 +38,7 @@ def saa_flow(config: SAAConfig, ctx: RunContext, dataset: DatasetSpec, out_dir: 
     else:
         boxes = stages.oracle_defect_boxes(ctx, run.alive)
     run.absorb(ctx, boxes)
-    masks = stages.refine_boxes(ctx, run.alive, boxes.ref, embeddings.ref if embeddings else None,
+    masks = sam_stages.refine_boxes(ctx, run.alive, boxes.ref, embeddings.ref if embeddings else None,
                                 config.refiner, config.models.sam)
     run.absorb(ctx, masks)
     maps = stages.anomaly_map(ctx, run.alive, masks.ref, config.fusion, config.top_k, config.eval_resolution)

@@ -8,7 +8,7 @@ from prefect import flow
 from tasks.engine.context import ImageItem, RunContext
 from tasks.engine.run_state import DatasetSpec, start_run
 from tasks.report.finish import finish_run
-from tasks.saa import stages as saa
+from tasks.stages import sam as sam_stages
 from tasks.saa_plus import plan
 from tasks.saa_plus.config import SAAPlusConfig
 from tasks.saa_plus.expert import prompts_for
@@ -22,7 +22,8 @@ def saa_plus_flow(config: SAAPlusConfig, ctx: RunContext, dataset: DatasetSpec, 
     run = start_run(ctx, "saa-plus", config.model_dump(mode="json"), dataset, plan.model_names(config),
                     plan.side_inputs(config))
     uses_sam, _ = plan.uses(config)
-    embeddings = saa.image_embedding(ctx, run.alive, config.models.sam, config.color_order) if uses_sam else None
+    embeddings = (sam_stages.image_embedding(ctx, run.alive, config.models.sam, config.color_order)
+                  if uses_sam else None)
     run.absorb(ctx, embeddings)
     by_category: dict[str, list[ImageItem]] = defaultdict(list)
     for item in run.alive:

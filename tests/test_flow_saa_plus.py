@@ -144,3 +144,19 @@ def test_a_variant_decodes_only_the_boxes_no_earlier_pass_decoded(synth_root, mo
     assert via_memo.keys() == from_scratch.keys()
     for image in via_memo:
         np.testing.assert_array_equal(via_memo[image], from_scratch[image])
+
+
+def test_saa_then_saa_plus_on_one_store_share_the_foundation_stages(synth_root, models_dir, tmp_path, counters):
+    """The SAM embedding is a foundation stage (tasks/stages): SAA computes it, SAA+ reuses every one; an RGB run
+    (a clean method's colour order) gets its own key and computes them again."""
+    store = str(tmp_path / "store")
+    code, saa, _ = run_saa(synth_root, store, str(tmp_path / "saa"), models_dir)
+    n = len(saa["images"])
+    assert code == 0 and stage_counts(saa)["image_embedding"] == (n, 0)
+    counters.reset_counters()
+    code, plus, _ = _plus(synth_root, store, str(tmp_path / "plus"), models_dir, "--set",
+                          f"expert_table={_table(tmp_path)}")
+    assert code == 0 and stage_counts(plus)["image_embedding"] == (0, n)
+    _, rgb, _ = _plus(synth_root, store, str(tmp_path / "rgb"), models_dir, "--set",
+                      f"expert_table={_table(tmp_path)}", "--set", "color_order=rgb")
+    assert stage_counts(rgb)["image_embedding"] == (n, 0)

@@ -6,7 +6,7 @@ import pytest
 
 from stores import ArtifactStore
 from tasks.saa import regions
-from tasks.saa.mask_memo import BoxMaskMemo, memo_stage
+from tasks.stages.sam_memo import BoxMaskMemo, memo_stage
 
 HW = (32, 40)
 

@@ -9,7 +9,7 @@ from tasks.datasets.records import ImageRecord
 from tasks.engine.context import ImageItem, RunContext
 from tasks.saa import stages as saa_stages
 from tasks.saa.regions import BoxFilter
-from tasks.saa.stages import detection_item
+from tasks.stages.grounding_dino import detection_item
 from tasks.saa_plus import stages
 from tasks.saa_plus.scoring import ScoringRule, location_filter, mask_area_filter, score_map
 

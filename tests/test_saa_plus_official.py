@@ -160,7 +160,7 @@ def test_detection_batches_hold_images_of_one_caption(tmp_path):
     from tasks.datasets.image_io import file_sha256
     from tasks.datasets.records import ImageRecord
     from tasks.engine.context import ImageItem, RunContext
-    from tasks.saa.stages import grounding_detections
+    from tasks.stages.grounding_dino import grounding_detections
 
     items = []
     for n in range(4):

@@ -18,7 +18,7 @@ from tasks.engine.context import ImageItem, RunContext
 from tasks.engine.fallbacks import with_fallbacks
 from tasks.engine.inputs import ABSENT
 from tasks.engine.runner import StageDef, StageResult, WorkItem, per_image, run_stage
-from tasks.saa.stages import stage_task
+from tasks.stages.base import stage_task
 
 
 def object_masks_from_labels(labels: np.ndarray) -> np.ndarray:

@@ -9,6 +9,8 @@ from stores import ArtifactRef
 from tasks.engine.context import ImageItem, RunContext
 from tasks.engine.run_state import RunState
 from tasks.saa import stages as saa
+from tasks.stages import grounding_dino as gdino_stages
+from tasks.stages import sam as sam_stages
 from tasks.saa.regions import BoxFilter
 from tasks.saa_plus import oracle, stages
 from tasks.saa_plus.config import SAAPlusConfig
@@ -54,14 +56,14 @@ def category_chain(ctx: RunContext, run: RunState, cfg: SAAPlusConfig, cp: Categ
     object_caption = cp.object_caption(cfg.object_caption)
     captions = ([c for c, _ in cp.captions] if cfg.region_generator == "grounding_dino" else []) + \
         ([object_caption] if gdino_objects else [])
-    detections = saa.grounding_detections(ctx, images, cfg.models.detector, captions) if captions else None
+    detections = gdino_stages.grounding_detections(ctx, images, cfg.models.detector, captions) if captions else None
     images = run.absorb(ctx, detections, images)
     obj_boxes = objects = None
     if gdino_objects:
         obj_boxes = stages.object_boxes(ctx, images, detections.ref, object_caption, cp.object_count,
                                         cfg.box_threshold, cfg.text_threshold)
         images = run.absorb(ctx, obj_boxes, images)
-        objects = saa.refine_boxes(ctx, images, obj_boxes.ref, embeddings, "sam", cfg.models.sam,
+        objects = sam_stages.refine_boxes(ctx, images, obj_boxes.ref, embeddings, "sam", cfg.models.sam,
                                    produces="object_masks", zero_mask_when_empty=False)
         images = run.absorb(ctx, objects, images)
     elif on.property:
@@ -79,7 +81,7 @@ def category_chain(ctx: RunContext, run: RunState, cfg: SAAPlusConfig, cp: Categ
         candidates = saa.oracle_defect_boxes(ctx, images, obj_boxes.ref if on_boxes else None,
                                              theta if on_boxes else None)
     images = run.absorb(ctx, candidates, images)
-    masks = saa.refine_boxes(ctx, images, candidates.ref, embeddings, cfg.refiner, cfg.models.sam)
+    masks = sam_stages.refine_boxes(ctx, images, candidates.ref, embeddings, cfg.refiner, cfg.models.sam)
     images = run.absorb(ctx, masks, images)
     saliency = None
     if on.saliency:

@@ -20,7 +20,8 @@ from tasks.engine.runner import StageDef, StageResult, WorkItem, image_item, per
 from tasks.models.captions import normalize_caption
 from tasks.models.loading import load_wrn50
 from tasks.saa import fusion, regions
-from tasks.saa.stages import _identity, detection_item, stage_task
+from tasks.stages.base import model_identity_dict, stage_task
+from tasks.stages.grounding_dino import detection_item
 from tasks.saa_plus import saliency as sal
 from tasks.saa_plus.scoring import ScoringRule, score_map
 
@@ -61,7 +62,7 @@ def saliency_map(ctx: RunContext, images: list[ImageItem], backbone: str, object
     multi = object_count > 1 and objects is not None
     params = {"multi": multi, "k": k, "neighbours": neighbours, "color_order": color_order,
               "single_size": single_size, "multi_size": multi_size if multi else None}
-    stage = StageDef("saliency_map", 3, {**params, "decode": DECODE_RULE}, (_identity(ctx, backbone),),
+    stage = StageDef("saliency_map", 3, {**params, "decode": DECODE_RULE}, (model_identity_dict(ctx, backbone),),
                      (objects,) if multi else ())
     obj_view = ctx.store.open(objects) if multi else None
 
