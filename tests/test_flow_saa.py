@@ -5,6 +5,7 @@ import os
 import shutil
 
 import numpy as np
+import pytest
 import tifffile
 
 from tests.flow_helpers import run_saa, stage_counts
@@ -91,16 +92,37 @@ def test_swapping_sam_checkpoint_reuses_grounding_boxes(tmp_path, models_dir, co
     assert next(m for m in report["models"] if m["name"] == "sam-vit-b")["tiny"] is False
 
 
-def test_save_maps_writes_float32_tiffs_in_the_mvtec_layout(synth_root, models_dir, tmp_path):
+def test_save_maps_writes_float32_tiffs_at_each_image_size_in_the_mvtec_layout(synth_root, models_dir, tmp_path):
+    """Maps are evaluated at 400 x 400 but saved at each image's own size (96 x 96 here), which the official MVTec
+    evaluation requires; an independent evaluation (sklearn on the saved maps and the ground-truth PNGs) runs."""
+    from sklearn.metrics import roc_auc_score
+
+    from tasks.datasets.image_io import image_size, read_mask
+    from tasks.metrics import image_metrics, pixel_metrics
+
     maps = tmp_path / "maps"
     code, report, _ = run_saa(synth_root, str(tmp_path / "store"), str(tmp_path / "o"), models_dir,
-                              "--save-maps", str(maps), "--set", "eval_resolution=64")
-    assert code == 0
+                              "--save-maps", str(maps))
+    assert code == 0 and report["config"]["eval_resolution"] == 400
     saved = sorted(p.relative_to(maps).as_posix() for p in maps.rglob("*.tiff"))
     expected = sorted(os.path.relpath(i["path"], synth_root).rsplit(".", 1)[0] + ".tiff" for i in report["images"])
     assert saved == expected
-    arr = tifffile.imread(maps / saved[0])
-    assert arr.dtype == np.float32 and arr.shape == (64, 64)
+    for category in report["dataset"]["categories"]:
+        items = [i for i in report["images"] if i["category"] == category]
+        arrays, truths = [], []
+        for i in items:
+            arr = tifffile.imread(maps / (os.path.relpath(i["path"], synth_root).rsplit(".", 1)[0] + ".tiff"))
+            hw = image_size(i["path"])
+            assert arr.dtype == np.float32 and arr.shape == hw == (96, 96)
+            stem, defect = os.path.basename(i["path"]).rsplit(".", 1)[0], i["path"].split("/")[-2]
+            gt = os.path.join(synth_root, category, "ground_truth", defect, f"{stem}_mask.png")
+            truths.append(read_mask(gt, hw) if i["label"] else np.zeros(hw, bool))
+            arrays.append(arr)
+        maps_arr, gts = np.stack(arrays), np.stack(truths)
+        labels = np.array([i["label"] for i in items])
+        ours = {**pixel_metrics(maps_arr, gts, pro=False), **image_metrics(maps_arr.max(axis=(1, 2)), labels)}
+        assert ours["pixel_auroc"] == pytest.approx(roc_auc_score(gts.ravel(), maps_arr.ravel()), abs=1e-9)
+        assert ours["image_auroc"] == pytest.approx(roc_auc_score(labels, maps_arr.max(axis=(1, 2))), abs=1e-9)
 
 
 def test_report_schema_and_html(synth_root, models_dir, tmp_path):
@@ -113,6 +135,9 @@ def test_report_schema_and_html(synth_root, models_dir, tmp_path):
     assert set(report["metrics"]["mean"]) == {"pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro",
                                               "image_auroc", "image_ap", "image_f1_max"}
     assert all(set(m) >= {"name", "weights_sha256", "tiny"} for m in report["models"])
+    assert "[0, 0.3]" in report["metric_definitions"]["pixel_aupro"]     # which AUPRO
+    assert set(report["mean_covers"]) == set(report["metrics"]["mean"])       # each mean says what it averages
+    assert report["mean_covers"]["pixel_auroc"] == ["synth_object", "synth_texture"]
     assert all(set(i) == {"id", "path", "category", "label", "score"} for i in report["images"])
     html = open(tmp_path / "o" / "report.html").read()
     assert "Stand-in models" in html and "data:image/png;base64" in html and "image_embedding" in html

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 import tifffile
 from prefect import task
@@ -37,6 +38,14 @@ def map_relpath(rec: ImageRecord) -> str:
     sub = "/".join(parts[1:-1]).replace("/", "_")
     name = f"{sub}_{rec.stem}" if sub and not rec.defect_type else rec.stem
     return f"{rec.category}/test/{defect}/{name}.tiff"
+
+
+def resize_to(anomaly_map: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """R x R -> H x W float32, bilinear (cv2, half-pixel centres)."""
+    h, w = int(hw[0]), int(hw[1])
+    if anomaly_map.shape == (h, w):
+        return anomaly_map.astype(np.float32, copy=False)
+    return cv2.resize(anomaly_map.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def save_map(out_dir: str, rec: ImageRecord, anomaly_map: np.ndarray) -> str:
@@ -84,8 +93,8 @@ def evaluate_category(ctx: RunContext, category: str, images: list[ImageItem], m
         rec = item.record
         result.images.append({"id": item.image_id, "path": rec.path, "category": rec.category,
                               "label": rec.label, "score": float(s)})
-        if save_maps_dir:
-            save_map(save_maps_dir, rec, m)
+        if save_maps_dir:   # at the image's own size: the official MVTec AD / LOCO scripts accept no other
+            save_map(save_maps_dir, rec, resize_to(m, image_size(rec.path)))
     order = np.argsort(-scores)[:previews]
     result.previews = [(kept[i].record, maps_arr[i]) for i in order]
     if all(g is not None for g in gts):

@@ -12,6 +12,17 @@ from tasks.report.evaluate import CategoryResult
 
 SCHEMA_VERSION = 1
 METRIC_KEYS = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro", "image_auroc", "image_ap", "image_f1_max")
+METRIC_DEFINITIONS = {
+    "pixel_auroc": "ROC AUC over every pixel of the category (ties enter together; equal to sklearn's)",
+    "pixel_ap": "average precision over every pixel of the category (sklearn's step definition)",
+    "pixel_f1_max": "maximum F1 over all thresholds on every pixel of the category",
+    "pixel_aupro": "MVTec AD's AUPRO: exact per-region-overlap curve (8-connected ground-truth components per "
+                   "image, each weighted equally) against the FPR of normal pixels, trapezoid area on FPR "
+                   "[0, 0.3] with the curve interpolated at 0.3, divided by 0.3",
+    "image_auroc": "ROC AUC of the image scores (score = the map's maximum)",
+    "image_ap": "average precision of the image scores",
+    "image_f1_max": "maximum F1 over all thresholds of the image scores",
+}
 TINY_WARNING = ("made with tiny-* seeded random-weight stand-ins or --random-weights: "
                 "maps and metrics say nothing about the method")
 
@@ -28,8 +39,11 @@ def build_report(method: str, config: dict, models: list[dict], dataset: dict, c
                  timings: dict[str, float] | None = None) -> dict:
     per_cat = {c.category: c.metrics for c in categories if c.metrics is not None}
     metrics: dict[str, Any] = {k: {m: v.get(m) for m in METRIC_KEYS} for k, v in per_cat.items()}
+    mean_covers: dict[str, list[str]] = {}
     if per_cat:
         metrics["mean"] = {m: metrics_mod.mean_metrics(per_cat).get(m) for m in METRIC_KEYS}
+        # a metric undefined for a category (e.g. AUROC without anomalous images) leaves it out of that mean
+        mean_covers = {m: sorted(c for c, v in per_cat.items() if v.get(m) is not None) for m in METRIC_KEYS}
     all_failures = dict(failures)
     for c in categories:
         all_failures.update(c.failures)
@@ -46,6 +60,8 @@ def build_report(method: str, config: dict, models: list[dict], dataset: dict, c
         "notes": list(notes or []),
         "dataset": dataset,
         "metrics": metrics,
+        "mean_covers": mean_covers,
+        "metric_definitions": METRIC_DEFINITIONS,
         "images": [img for c in categories for img in c.images],
         "failures": [{"path": p, "reason": r} for p, r in sorted(all_failures.items())],
         "stages": [{"name": s.name, "computed": s.computed, "reused": s.reused, "failed": s.failed,
