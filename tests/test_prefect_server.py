@@ -37,6 +37,7 @@ def test_a_run_starts_a_server_that_outlives_it_and_the_next_run_reuses_it(tmp_p
         first = subprocess.run(cmd + ["--out", str(tmp_path / "o1")], env=env, capture_output=True, text=True,
                                timeout=400)
         assert first.returncode == 0, first.stderr[-2000:]
+        assert "started a Prefect server in the background" in first.stderr
         assert server_version(url) is not None            # still up after the run ended
         pid_file = tmp_path / "prefect-home" / "server.pid"
         pid = pid_file.read_text().strip()                 # Prefect's own PID file for a --background server

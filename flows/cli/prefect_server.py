@@ -62,7 +62,7 @@ def _start_background(port: int, timeout: float) -> str | None:
 
 def choose_prefect_api(environ: dict[str, str] | None = None) -> str | None:
     """Set ``PREFECT_API_URL`` in ``environ`` (default ``os.environ``) as described above; returns a note for the
-    user when it fell back to the ephemeral mode, else None. Must run before Prefect is first imported."""
+    user when it started a server or fell back to the ephemeral mode, else None. Call before importing Prefect."""
     env = os.environ if environ is None else environ
     mode = env.get("ANOMFLOW_PREFECT_SERVER", "auto")
     if env.get("PREFECT_API_URL") or mode == "ephemeral" or "prefect" in sys.modules:
@@ -71,14 +71,16 @@ def choose_prefect_api(environ: dict[str, str] | None = None) -> str | None:
         return f"ANOMFLOW_PREFECT_SERVER={mode!r} is not one of auto, ephemeral: using Prefect's ephemeral server"
     port = int(env.get("ANOMFLOW_PREFECT_PORT", DEFAULT_PORT))
     url, ours = _api_url(port), metadata.version("prefect")
-    version = server_version(url)
+    version, started = server_version(url), None
     if version is None:
         failure = _start_background(port, float(env.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 120)))
         if failure:
             return f"{failure}; using Prefect's ephemeral server for this run"
         version = server_version(url)
+        started = (f"started a Prefect server in the background for this and later runs: UI at "
+                   f"http://127.0.0.1:{port}, `prefect server stop` ends it")
     if version != ours:
         return (f"the Prefect server on 127.0.0.1:{port} runs Prefect {version}, this is {ours}: using Prefect's "
                 "ephemeral server for this run (stop that server, or set ANOMFLOW_PREFECT_PORT)")
     env["PREFECT_API_URL"] = url
-    return None
+    return started
