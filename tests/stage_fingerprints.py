@@ -2,9 +2,10 @@
 
 A stage's fingerprint is the sha256 of its function's syntax tree plus the trees of every module-level function
 or class of its own module that it reaches by name (transitively); comments, docstrings and layout do not count.
-The stage's version(s) are the integer second arguments of the ``StageDef(...)`` calls in its body. ``tests/stage_fingerprints.json`` records both; the test
-fails when a fingerprint changes while the versions stay the same (bump the version: the old cache is wrong for
-the new code), and asks for ``python -m tests.stage_fingerprints --update`` once the versions were bumped.
+The stage's version(s) are the integer second arguments of the ``StageDef(...)`` calls in its body.
+``tests/stage_fingerprints.json`` records both; the test fails when a fingerprint changes while the versions stay
+the same (bump the version: the old cache is wrong for the new code), and asks for
+``python -m tests.stage_fingerprints --update`` once the versions were bumped.
 """
 from __future__ import annotations
 

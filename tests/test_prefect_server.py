@@ -59,3 +59,10 @@ def test_an_unknown_mode_falls_back_with_a_note(monkeypatch):
     env = {"ANOMFLOW_PREFECT_SERVER": "sometimes"}
     note = choose_prefect_api(env)
     assert note and "auto, ephemeral" in note and "PREFECT_API_URL" not in env
+
+
+def test_a_bad_port_falls_back_with_a_note(monkeypatch):
+    monkeypatch.delitem(sys.modules, "prefect", raising=False)
+    env = {"ANOMFLOW_PREFECT_SERVER": "auto", "ANOMFLOW_PREFECT_PORT": "forty-two"}
+    note = choose_prefect_api(env)
+    assert note and "not a port number" in note and "PREFECT_API_URL" not in env

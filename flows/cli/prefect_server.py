@@ -69,7 +69,11 @@ def choose_prefect_api(environ: dict[str, str] | None = None) -> str | None:
         return None
     if mode != "auto":
         return f"ANOMFLOW_PREFECT_SERVER={mode!r} is not one of auto, ephemeral: using Prefect's ephemeral server"
-    port = int(env.get("ANOMFLOW_PREFECT_PORT", DEFAULT_PORT))
+    try:
+        port = int(env.get("ANOMFLOW_PREFECT_PORT", DEFAULT_PORT))
+    except ValueError:
+        return f"ANOMFLOW_PREFECT_PORT={env['ANOMFLOW_PREFECT_PORT']!r} is not a port number: using Prefect's " \
+               "ephemeral server"
     url, ours = _api_url(port), metadata.version("prefect")
     version, started = server_version(url), None
     if version is None:

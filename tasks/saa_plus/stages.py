@@ -68,8 +68,8 @@ def saliency_map(ctx: RunContext, images: list[ImageItem], backbone: str, object
 
     def compute(batch: list[WorkItem]) -> list[ItemData]:
         """Pick each image's mode first (multi needs >= 2 objects), then extract features at that mode's size."""
-        grids = [sal.resize_masks_nearest(obj_view.read(image_item(objects, w.payload)).arrays["masks"], multi_size // 4) if multi
-                 else None for w in batch]
+        grids = [sal.resize_masks_nearest(obj_view.read(image_item(objects, w.payload)).arrays["masks"],
+                                          multi_size // 4) if multi else None for w in batch]
         modes = [sal.saliency_mode(g, object_count if multi else 1) for g in grids]
         model = load_wrn50(backbone, ctx.models_dir, ctx.random_weights, ctx.device)
         out: list[ItemData | None] = [None] * len(batch)
