@@ -16,6 +16,7 @@ from open_clip.transformer import QuickGELU
 from tasks.models import calls, registry
 from tasks.models.clip import build_clip_model, build_seeded_clip
 from tasks.models.loading import RANDOM_PREFIX, clear_model_cache, load_clip, model_identity
+from tasks.models.vit_input import square_batch
 from tasks.models.weights import WeightsMissingError
 
 pytestmark = pytest.mark.usefixtures("fresh_models")
@@ -97,7 +98,7 @@ def test_token_path_equals_open_clip_forward(tmp_path):
     """At the trained size, encode_image_tokens is open_clip's VisionTransformer forward with output_tokens=True
     (and its global embedding is CLIP.encode_image); text is CLIP.encode_text(normalize=True)."""
     clip = load_clip("tiny-clip", tmp_path)
-    x = torch.stack([clip._prepare(im, 64) for im in _images()])
+    x = square_batch(_images(), 64, clip._mean, clip._std)
     visual = clip.model.visual
     visual.output_tokens = True
     try:

@@ -19,12 +19,12 @@ import torch.nn.functional as F
 from open_clip.model import CLIP
 from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transformer import VisionTransformer
-from PIL import Image
 
 from tasks.models.calls import count_call, count_load
 from tasks.models.checkpoint import load_strict_on_meta
 from tasks.models.identity import ModelIdentity
 from tasks.models.registry import ModelSpec
+from tasks.models.vit_input import patch_grid, square_batch
 
 
 # ------------------------------------------------------------------------------------------------- building
@@ -100,16 +100,7 @@ class ClipAdapter:
 
     def grid(self, size: int) -> int:
         """Side of the patch grid for a size x size input; size must be a positive multiple of the patch size."""
-        if size <= 0 or size % self.patch_size:
-            raise ValueError(f"size {size} is not a positive multiple of the patch size {self.patch_size}")
-        return size // self.patch_size
-
-    def _prepare(self, image: np.ndarray, size: int) -> torch.Tensor:
-        """H x W x 3 uint8 RGB -> 3 x size x size float32: PIL bicubic resize (squashed, no crop), /255, mean/std."""
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected an H x W x 3 uint8 image, got {image.shape} {image.dtype}")
-        resized = np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC), np.float32) / 255.0
-        return (torch.from_numpy(resized).permute(2, 0, 1) - self._mean) / self._std
+        return patch_grid(size, self.patch_size)
 
     def _position_embedding(self, gh: int, gw: int) -> torch.Tensor:
         """(1 + gh*gw) x W: the learned embedding, its grid part resampled when (gh, gw) is not the trained grid."""
@@ -143,7 +134,7 @@ class ClipAdapter:
         g = self.grid(size)
         if len(images) == 0:
             return np.zeros((0, self.embed_dim), np.float32), np.zeros((0, g * g, self.token_dim), np.float32)
-        batch = torch.stack([self._prepare(img, size) for img in images]).to(self.device)
+        batch = square_batch(images, size, self._mean, self._std).to(self.device)
         with torch.inference_mode():
             pooled, tokens = self._visual(batch)
         count_call(self.spec.name)

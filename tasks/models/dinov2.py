@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from timm.models.vision_transformer import VisionTransformer
 
 from tasks.models.calls import count_call, count_load
 from tasks.models.checkpoint import load_strict_on_meta
 from tasks.models.identity import ModelIdentity
 from tasks.models.registry import ModelSpec
+from tasks.models.vit_input import patch_grid, square_batch
 
 
 # ------------------------------------------------------------------------------------------------- building
@@ -78,16 +78,7 @@ class Dinov2Adapter:
 
     def grid(self, size: int) -> int:
         """Side of the token grid for a size x size input; size must be a positive multiple of the patch size."""
-        if size <= 0 or size % self.patch_size:
-            raise ValueError(f"size {size} is not a positive multiple of the patch size {self.patch_size}")
-        return size // self.patch_size
-
-    def _prepare(self, image: np.ndarray, size: int) -> torch.Tensor:
-        """H x W x 3 uint8 RGB -> 3 x size x size float32: PIL bicubic resize (squashed, no crop), /255, mean/std."""
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected an H x W x 3 uint8 image, got {image.shape} {image.dtype}")
-        resized = np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC), np.float32) / 255.0
-        return (torch.from_numpy(resized).permute(2, 0, 1) - self._mean) / self._std
+        return patch_grid(size, self.patch_size)
 
     def tokens(self, images: list[np.ndarray], size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """images: list of H_i x W_i x 3 uint8 RGB, each resized to size x size (default ``spec.preprocess.size``);
@@ -97,7 +88,7 @@ class Dinov2Adapter:
         g = self.grid(size)
         if len(images) == 0:
             return np.zeros((0, self.channels, g, g), np.float32), np.zeros((0, self.channels), np.float32)
-        batch = torch.stack([self._prepare(img, size) for img in images]).to(self.device)
+        batch = square_batch(images, size, self._mean, self._std).to(self.device)
         with torch.inference_mode():
             out = self.model.forward_features(batch)  # B x (prefix + g*g) x C
         count_call(self.spec.name)
