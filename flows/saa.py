@@ -10,7 +10,7 @@ from tasks.saa import stages
 from tasks.stages import grounding_dino as gdino_stages
 from tasks.stages import sam as sam_stages
 from tasks.saa.config import SAAConfig
-from tasks.saa.regions import BoxFilter
+from tasks.saa.regions import BoxFilter, defect_box_params
 
 
 @flow(name="saa", persist_result=False)
@@ -25,22 +25,28 @@ def saa_flow(config: SAAConfig, ctx: RunContext, dataset: DatasetSpec, out_dir: 
 
     embeddings = None
     if uses_sam:
-        embeddings = sam_stages.image_embedding(ctx, run.alive, config.models.sam, config.sam_color_order)
+        embeddings = sam_stages.image_embedding(ctx, run.alive, params={"color_order": config.sam_color_order},
+                                                models={"sam": config.models.sam})
         run.absorb(ctx, embeddings)
     if uses_gdino:
-        detections = gdino_stages.grounding_detections(ctx, run.alive, config.models.detector,
-                                                       config.defect_prompts)
+        detections = gdino_stages.grounding_detections(ctx, run.alive, models={"detector": config.models.detector},
+                                                       keys=config.defect_prompts)
         run.absorb(ctx, detections)
         rule = BoxFilter(config.box_threshold, config.text_threshold, config.max_box_area,
                          max_boxes=config.max_boxes_per_caption)
-        captions = [(c, config.filter_word) for c in config.defect_prompts]
-        boxes = stages.defect_boxes(ctx, run.alive, detections.ref, config.models.detector, captions, rule)
+        boxes = stages.defect_boxes(ctx, run.alive, models={"detector": config.models.detector},
+                                    params=defect_box_params(rule, config.defect_prompts, config.filter_word),
+                                    upstream={"detections": detections.ref})
     else:
-        boxes = stages.oracle_defect_boxes(ctx, run.alive)
+        boxes = stages.oracle_defect_boxes(ctx, run.alive, params={"generator": "oracle", "area_threshold": None})
     run.absorb(ctx, boxes)
-    masks = sam_stages.refine_boxes(ctx, run.alive, boxes.ref, embeddings.ref if embeddings else None,
-                                config.refiner, config.models.sam)
+    masks = sam_stages.refine_boxes(ctx, run.alive, produces_as="defect_masks",
+                                    params={"refiner": config.refiner, "zero_mask_when_empty": True},
+                                    models={"sam": config.models.sam if uses_sam else None},
+                                    upstream={"boxes": boxes.ref, "embeddings": embeddings.ref if embeddings else None})
     run.absorb(ctx, masks)
-    maps = stages.anomaly_map(ctx, run.alive, masks.ref, config.fusion, config.top_k, config.eval_resolution)
+    maps = stages.anomaly_map(ctx, run.alive, upstream={"masks": masks.ref},
+                              params={"fusion": config.fusion, "top_k": config.top_k,
+                                      "resolution": config.eval_resolution})
     run.absorb(ctx, maps)
     return finish_run(ctx, run, maps.ref, config.eval_resolution, config.normalise, out_dir, save_maps_dir)

@@ -22,8 +22,8 @@ def saa_plus_flow(config: SAAPlusConfig, ctx: RunContext, dataset: DatasetSpec, 
     run = start_run(ctx, "saa-plus", config.model_dump(mode="json"), dataset, plan.model_names(config),
                     plan.side_inputs(config))
     uses_sam, _ = plan.uses(config)
-    embeddings = (sam_stages.image_embedding(ctx, run.alive, config.models.sam, config.color_order)
-                  if uses_sam else None)
+    embeddings = (sam_stages.image_embedding(ctx, run.alive, params={"color_order": config.color_order},
+                                             models={"sam": config.models.sam}) if uses_sam else None)
     run.absorb(ctx, embeddings)
     by_category: dict[str, list[ImageItem]] = defaultdict(list)
     for item in run.alive:

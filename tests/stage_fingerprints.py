@@ -2,7 +2,8 @@
 
 A stage's fingerprint is the sha256 of its function's syntax tree plus the trees of every module-level function
 or class of its own module that it reaches by name (transitively); comments, docstrings and layout do not count.
-The stage's version(s) are the integer second arguments of the ``StageDef(...)`` calls in its body.
+A stage is a function decorated with ``@declare_stage(name, version, ...)`` (its version is the decorator's second
+argument), or one that builds a ``StageDef(name, version, ...)`` itself (the SAM decode memo).
 ``tests/stage_fingerprints.json`` records both; the test fails when a fingerprint changes while the versions stay
 the same (bump the version: the old cache is wrong for the new code), and asks for
 ``python -m tests.stage_fingerprints --update`` once the versions were bumped.
@@ -22,19 +23,23 @@ STAGE_MODULES = ("tasks/stages/sam.py", "tasks/stages/grounding_dino.py", "tasks
                  "tasks/saa/stages.py", "tasks/saa_plus/stages.py", "tasks/saa_plus/oracle.py")
 
 
+def _declarations(node: ast.AST) -> list[ast.Call]:
+    """The ``declare_stage(...)`` decorators of a function, and the ``StageDef(...)`` calls in its body."""
+    if not isinstance(node, ast.FunctionDef):
+        return []
+    found = [d for d in node.decorator_list if isinstance(d, ast.Call) and getattr(d.func, "id", "") == "declare_stage"]
+    return found + [c for c in ast.walk(node) if isinstance(c, ast.Call) and getattr(c.func, "id", "") == "StageDef"]
+
+
 def _is_stage(node: ast.AST) -> bool:
-    return isinstance(node, ast.FunctionDef) and any(
-        isinstance(d, ast.Name) and d.id == "stage_task" for d in node.decorator_list) or (
-        isinstance(node, ast.FunctionDef) and any(isinstance(c, ast.Call) and getattr(c.func, "id", "") == "StageDef"
-                                                  for c in ast.walk(node)))
+    return bool(_declarations(node))
 
 
 def _versions(node: ast.FunctionDef) -> list[int]:
     out = []
-    for call in ast.walk(node):
-        if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "StageDef" and len(call.args) >= 2:
-            arg = call.args[1]
-            out.append(arg.value if isinstance(arg, ast.Constant) else -1)
+    for call in _declarations(node):
+        arg = call.args[1] if len(call.args) >= 2 else next((k.value for k in call.keywords if k.arg == "version"), None)
+        out.append(arg.value if isinstance(arg, ast.Constant) else -1)
     return sorted(out)
 
 

@@ -157,7 +157,7 @@ def test_store_ls_and_gc_commands_on_a_used_store(synth_root, models_dir, tmp_pa
     code, out = run_cli("store", "gc", "--store", store, "--grace-minutes", "0", "--keep-runs", "1")
     assert code == 0 and "removed 1 run records, 1 artifacts" in out and "anomaly_map/" in out
     code, listing = run_cli("store", "ls", "--store", store)
-    assert "6 artifacts" in listing and '"fusion":"mean"' in listing and "sam_box_masks" in listing
+    assert "6 artifacts" in listing and '"fusion":"mean"' in listing and "sam_prompt_masks" in listing
 
 
 def test_synth_command_writes_mvtec_layout(tmp_path):

@@ -126,8 +126,9 @@ def test_a_variant_decodes_only_the_boxes_no_earlier_pass_decoded(synth_root, mo
     _, full, _ = _plus(synth_root, path, str(tmp_path / "o1"), models_dir)
     store = ArtifactStore(path)
     seen: dict[str, set[bytes]] = {}
-    for item, boxes in _items(store, _run_artifacts(store, full["run_id"], "sam_box_masks"), "boxes").items():
-        seen.setdefault(item.split(".")[0], set()).update(row.tobytes() for row in boxes)
+    for item, keys in _items(store, _run_artifacts(store, full["run_id"], "sam_prompt_masks"), "prompt_keys").items():
+        # a single-mask box prompt's memo key is b"b" + 16 box bytes + b"p" + b"m" + b"\x00"
+        seen.setdefault(item.split(".")[0], set()).update(row[1:17].tobytes() for row in keys)
 
     _, variant, output = _plus(synth_root, path, str(tmp_path / "o2"), models_dir, "--set", "prompts.property=false")
     detail = {s["name"]: s for s in variant["stages"]}["defect_masks"]["detail"]

@@ -169,5 +169,5 @@ def test_detection_batches_hold_images_of_one_caption(tmp_path):
         items.append(ImageItem(file_sha256(str(path)), ImageRecord(str(path), f"c/test/good/{n}.png", "c", "test", 0,
                                                                    "good")))
     ctx = RunContext(store_url=str(tmp_path / "s"), models_dir=str(tmp_path / "m"), progress=False, batch_size=4)
-    result = grounding_detections.fn(ctx, items, "tiny-gdino", ["crack", "hole"])
+    result = grounding_detections.run(ctx, items, models={"detector": "tiny-gdino"}, keys=["crack", "hole"])
     assert result.stats.computed == 8 and calls.MODEL_CALLS["tiny-gdino"] == 2

@@ -32,6 +32,12 @@ class RunContext:
     batch_size: int = 4
     progress: bool = True
     run_id: str = field(default_factory=new_run_id)   # names the run record, its claims and announcements
+    dask_address: str | None = None   # tcp://HOST:PORT of a Dask scheduler, or "local:N" (a LocalCluster of N)
+    model_resources: tuple[tuple[str, float], ...] = ()   # Dask resources a batch that runs models needs
+
+    def __getstate__(self) -> dict:
+        """Pickled without the opened store (Dask workers open their own)."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("store", "executor")}
 
     def started(self) -> "RunContext":
         """This context with a run id. A scheduled deployment stores its context with an empty one, so that
@@ -41,6 +47,14 @@ class RunContext:
     @cached_property
     def store(self) -> ArtifactStore:
         return ArtifactStore(self.store_url)
+
+    @cached_property
+    def executor(self):
+        """Where stage batches run: None (here), or the Dask cluster of ``dask_address``."""
+        if not self.dask_address:
+            return None
+        from tasks.engine.distributed import DaskBatches
+        return DaskBatches.connect(self.dask_address, self.store_url, self.model_resources)
 
 
 @dataclass

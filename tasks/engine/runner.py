@@ -5,7 +5,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from tqdm.auto import tqdm
 
@@ -15,6 +15,9 @@ from stores.runs import RunSession, new_run_id, session
 from tasks.datasets.records import ImageError
 from tasks.engine.context import ImageItem
 from tasks.engine.inputs import item_of
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tasks.engine.stage import StageCall
 
 log = logging.getLogger("anomflow.engine")
 _POLL_SECONDS = 0.25   # first wait for items another run holds; doubles up to 2 s
@@ -53,11 +56,22 @@ class StageDef:
 
 @dataclass(frozen=True)
 class WorkItem:
-    """item: id inside the artifact; image: the image id it belongs to (failures are per image)."""
+    """item: id inside the artifact; image: the image id it belongs to.
+
+    dependents: the image ids that fail when this item fails (default: ``image``); a set item names every
+    image computed from it. what: how a failure reason names the item (``set memory_bank:bottle (20 members)``).
+    """
 
     item: str
     image: str
     payload: Any = None
+    dependents: tuple[str, ...] = ()
+    what: str = ""
+
+    def failure(self, exc: BaseException) -> tuple[tuple[str, ...], str]:
+        """(images that fail, reason)."""
+        reason = describe_error(exc)
+        return self.dependents or (self.image,), f"{self.what} failed: {reason}" if self.what else reason
 
 
 @dataclass
@@ -90,6 +104,17 @@ class StageResult:
 ComputeFn = Callable[[list[WorkItem]], Sequence[ItemData]]
 
 
+@dataclass
+class BatchOutcome:
+    """What computing one claimed batch did: committed count, failures, stage counts, model calls, seconds."""
+
+    computed: int = 0
+    failed: list[tuple[str, tuple[str, ...], str]] = field(default_factory=list)   # (item, images, reason)
+    detail: dict[str, int] = field(default_factory=dict)
+    model_calls: dict[str, int] = field(default_factory=dict)
+    load_seconds: dict[str, float] = field(default_factory=dict)
+
+
 def per_image(images: list[ImageItem], stage: StageDef) -> list[WorkItem]:
     """One work item per image; the item id carries the hashes of the stage's side inputs, if any."""
     return [WorkItem(item_of(i, stage.side), i.image_id, i) for i in images]
@@ -106,20 +131,24 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def run_stage(store: ArtifactStore, stage: StageDef, work: Sequence[WorkItem], compute: ComputeFn,
-              batch_size: int = 8, progress: bool = True, run_id: str | None = None) -> StageResult:
+def run_stage(store: ArtifactStore, stage: StageDef, work: Sequence[WorkItem], compute: "ComputeFn | StageCall",
+              batch_size: int = 8, progress: bool = True, run_id: str | None = None,
+              executor: "BatchExecutor | None" = None) -> StageResult:
     """Compute the work items the artifact lacks, in batches of ``batch_size``; each batch commits as one pack.
 
+    compute: a function of a batch, or a declared stage's bound call (``tasks.engine.stage``), which an
+    executor can ship to other processes (Dask workers, ``tasks.engine.distributed``).
     The artifact is named in the run record before anything is written. Each batch is claimed first: items
     another live run is computing are left to it and picked up (reused) once committed, or computed here if
     that run dies or fails them. A batch that raises is retried item by item so that one bad item fails
-    alone; its image id and reason land in ``failures`` and the rest of the batch is committed.
+    alone; its images and reason land in ``failures`` and the rest of the batch is committed.
     """
     start = time.perf_counter()
     own = None if run_id and session(run_id) else RunSession(store, run_id or new_run_id(), {"stage": stage.name})
     run = own or session(run_id)
     run.announce(f"{stage.name}/{stage.key}")     # named before it exists: gc never takes it from under us
     ref = replace(store.ensure_artifact(stage.name, stage.key, stage.record()), side=stage.side)
+    runner = executor or LocalBatches(store)
     try:
         unique = list({w.item: w for w in work}.values())
         done = store.lookup(ref, [w.item for w in unique])
@@ -127,9 +156,22 @@ def run_stage(store: ArtifactStore, stage: StageDef, work: Sequence[WorkItem], c
         stats = StageStats(stage.name, reused=len(unique) - len(todo))
         failures: dict[str, str] = {}
         bar = tqdm(total=len(todo), desc=stage.name, unit="item", disable=not progress or not todo, leave=False)
+
+        def absorb(outcome: BatchOutcome, size: int) -> None:
+            stats.computed += outcome.computed
+            stats.failed += len(outcome.failed)
+            for name, count in outcome.detail.items():
+                stats.detail[name] = stats.detail.get(name, 0) + count
+            for item, images, reason in outcome.failed:
+                for image in images:
+                    failures.setdefault(image, reason)
+                log.warning("%s: %s failed: %s", stage.name, item[:12], reason)
+            bar.update(size)
+
         pending, held, wait = list(todo), [], _POLL_SECONDS
         while pending or held:
             if not pending:                       # only items other runs are computing: wait for them
+                runner.drain(absorb)
                 time.sleep(wait)
                 wait = min(wait * 2, 2.0)
                 pending, held = held, []
@@ -138,14 +180,16 @@ def run_stage(store: ArtifactStore, stage: StageDef, work: Sequence[WorkItem], c
             stats.reused += len(claim.done)
             if claim.done:
                 stats.detail["from_other_runs"] = stats.detail.get("from_other_runs", 0) + len(claim.done)
+                bar.update(len(claim.done))
             held += [w for w in batch if w.item in set(claim.held)]
             granted = set(claim.granted)
             batch = [w for w in batch if w.item in granted]
             if batch:
-                _compute_and_commit(store, ref, run.run_id, stage.name, compute, batch, stats, failures)
-            bar.update(len(batch) + len(claim.done))
+                runner.submit(ref, run.run_id, compute, batch, absorb)
+        runner.drain(absorb)
         bar.close()
     except BaseException:
+        runner.cancel()
         if own:
             own.stop("failed")
         raise
@@ -155,26 +199,55 @@ def run_stage(store: ArtifactStore, stage: StageDef, work: Sequence[WorkItem], c
     return StageResult(ref, stats, failures)
 
 
-def _compute_and_commit(store: ArtifactStore, ref: ArtifactRef, run_id: str, name: str, compute: ComputeFn,
-                        batch: list[WorkItem], stats: StageStats, failures: dict[str, str]) -> None:
+class BatchExecutor:
+    """Where claimed batches are computed and committed. ``submit`` may return before the batch is done;
+    ``drain`` waits for every submitted batch and passes each outcome to ``absorb``."""
+
+    def submit(self, ref: ArtifactRef, run_id: str, compute, batch: list[WorkItem], absorb) -> None:
+        raise NotImplementedError
+
+    def drain(self, absorb) -> None:
+        return None
+
+    def cancel(self) -> None:
+        return None
+
+
+class LocalBatches(BatchExecutor):
+    """In this process, one batch at a time."""
+
+    def __init__(self, store: ArtifactStore):
+        self.store = store
+
+    def submit(self, ref, run_id, compute, batch, absorb) -> None:
+        absorb(compute_and_commit(self.store, ref, run_id, compute, batch), len(batch))
+
+
+def compute_and_commit(store: ArtifactStore, ref: ArtifactRef, run_id: str, compute: "ComputeFn | StageCall",
+                       batch: list[WorkItem]) -> BatchOutcome:
     """Compute one claimed batch; commit what succeeded as one pack, release the claims of what failed."""
+    call = compute if hasattr(compute, "stage") else None
+    fn = (lambda b: call.stage.compute(call, b)) if call is not None else compute
+    detail_before = dict(call.detail) if call is not None else {}
     ok: list[tuple[str, ItemData]] = []
-    failed: list[str] = []
-    for w, outcome in zip(batch, _compute_isolated(compute, batch)):
-        if not isinstance(outcome, BaseException):
-            outcome = _storable(outcome)
-        if isinstance(outcome, BaseException):
-            failures.setdefault(w.image, describe_error(outcome))
-            failed.append(w.item)
-            stats.failed += 1
-            log.warning("%s: %s failed: %s", name, w.item[:12], failures[w.image])
+    outcome = BatchOutcome()
+    for w, result in zip(batch, _compute_isolated(fn, batch)):
+        if not isinstance(result, BaseException):
+            result = _storable(result)
+        if isinstance(result, BaseException):
+            images, reason = w.failure(result)
+            outcome.failed.append((w.item, images, reason))
         else:
-            ok.append((w.item, outcome))
+            ok.append((w.item, result))
     if ok:
         store.write_batch(ref, ok, run_id)
-        stats.computed += len(ok)
-    if failed:
-        store.release(ref, failed, run_id)
+        outcome.computed = len(ok)
+    if outcome.failed:
+        store.release(ref, [item for item, _, _ in outcome.failed], run_id)
+    if call is not None:
+        outcome.detail = {k: v - detail_before.get(k, 0) for k, v in call.detail.items()
+                          if v - detail_before.get(k, 0)}
+    return outcome
 
 
 def _storable(data: ItemData) -> ItemData | BaseException:

@@ -122,6 +122,11 @@ def load_clip(name: str, models_dir: str | Path | None = None, random_weights: b
     return _load("clip", name, models_dir, random_weights, device)
 
 
+def load_model(name: str, models_dir: str | Path | None = None, random_weights: bool = False, device: str = "cpu"):
+    """The adapter of any registered model (its family decides which)."""
+    return _load(registry.get_spec(name).family, name, models_dir, random_weights, device)
+
+
 def clear_model_cache() -> None:
     """Forget every memoised adapter (the next load constructs afresh and counts a load)."""
     with _LOCK:

@@ -7,6 +7,8 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import ndimage
 
+from tasks.models.captions import normalize_caption
+
 
 @dataclass(frozen=True)
 class BoxFilter:
@@ -20,6 +22,16 @@ class BoxFilter:
     min_area: float = 0.0
     filter_word: str = ""
     max_boxes: int | None = None
+
+
+def defect_box_params(rule: BoxFilter, captions: list[str], filter_word: str | list[str],
+                      area_threshold: float | None = None) -> dict:
+    """The ``defect_boxes`` stage parameters: the rule, [normalised caption, filter word] pairs, θ (or None).
+
+    filter_word: one word for every caption, or one per caption."""
+    words = [filter_word] * len(captions) if isinstance(filter_word, str) else list(filter_word)
+    return {"rule": dict(rule.__dict__), "captions": [[normalize_caption(c), w] for c, w in zip(captions, words)],
+            "area_threshold": area_threshold}
 
 
 def cxcywh_to_xyxy(boxes: np.ndarray, height: int, width: int) -> np.ndarray:

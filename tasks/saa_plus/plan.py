@@ -11,7 +11,8 @@ from tasks.engine.run_state import RunState
 from tasks.saa import stages as saa
 from tasks.stages import grounding_dino as gdino_stages
 from tasks.stages import sam as sam_stages
-from tasks.saa.regions import BoxFilter
+from tasks.models.captions import normalize_caption
+from tasks.saa.regions import BoxFilter, defect_box_params
 from tasks.saa_plus import oracle, stages
 from tasks.saa_plus.config import SAAPlusConfig
 from tasks.saa_plus.expert import CategoryPrompts, load_table
@@ -53,41 +54,56 @@ def category_chain(ctx: RunContext, run: RunState, cfg: SAAPlusConfig, cp: Categ
     """One category's chain; its parameters (captions, n, K, θ) come from the expert table."""
     on = cfg.prompts
     gdino_objects = detects_objects(cfg)
-    object_caption = cp.object_caption(cfg.object_caption)
+    object_caption = normalize_caption(cp.object_caption(cfg.object_caption))
     captions = ([c for c, _ in cp.captions] if cfg.region_generator == "grounding_dino" else []) + \
         ([object_caption] if gdino_objects else [])
-    detections = gdino_stages.grounding_detections(ctx, images, cfg.models.detector, captions) if captions else None
+    detector = {"detector": cfg.models.detector}
+    detections = gdino_stages.grounding_detections(ctx, images, models=detector, keys=captions) if captions else None
     images = run.absorb(ctx, detections, images)
     obj_boxes = objects = None
     if gdino_objects:
-        obj_boxes = stages.object_boxes(ctx, images, detections.ref, object_caption, cp.object_count,
-                                        cfg.box_threshold, cfg.text_threshold)
+        rule = BoxFilter(cfg.box_threshold, cfg.text_threshold, max_area=1.0 / cp.object_count)
+        obj_boxes = stages.object_boxes(ctx, images, params={"caption": object_caption, "rule": dict(rule.__dict__)},
+                                        upstream={"detections": detections.ref})
         images = run.absorb(ctx, obj_boxes, images)
-        objects = sam_stages.refine_boxes(ctx, images, obj_boxes.ref, embeddings, "sam", cfg.models.sam,
-                                   produces="object_masks", zero_mask_when_empty=False)
+        objects = sam_stages.refine_boxes(ctx, images, produces_as="object_masks",
+                                          params={"refiner": "sam", "zero_mask_when_empty": False},
+                                          models={"sam": cfg.models.sam},
+                                          upstream={"boxes": obj_boxes.ref, "embeddings": embeddings})
         images = run.absorb(ctx, objects, images)
     elif on.property:
-        obj_boxes = oracle.oracle_object_boxes(ctx, images)
+        obj_boxes = oracle.oracle_object_boxes(ctx, images, params={"generator": "oracle"})
         images = run.absorb(ctx, obj_boxes, images)
-        objects = oracle.oracle_object_masks(ctx, images)
+        objects = oracle.oracle_object_masks(ctx, images, params={"generator": "oracle"})
         images = run.absorb(ctx, objects, images)
     theta = cfg.area_threshold or cp.area_threshold
     on_boxes = on.property and cfg.property_on == "boxes"
+    box_objects = {"objects": obj_boxes.ref if on_boxes else None}
     if cfg.region_generator == "grounding_dino":
         rule = BoxFilter(cfg.box_threshold, cfg.text_threshold, max_boxes=cfg.max_boxes_per_caption)
-        candidates = saa.defect_boxes(ctx, images, detections.ref, cfg.models.detector, cp.captions, rule,
-                                      obj_boxes.ref if on_boxes else None, theta if on_boxes else None)
+        params = defect_box_params(rule, [c for c, _ in cp.captions], [w for _, w in cp.captions],
+                                   theta if on_boxes else None)
+        candidates = saa.defect_boxes(ctx, images, params=params, models=detector,
+                                      upstream={"detections": detections.ref, **box_objects})
     else:
-        candidates = saa.oracle_defect_boxes(ctx, images, obj_boxes.ref if on_boxes else None,
-                                             theta if on_boxes else None)
+        candidates = saa.oracle_defect_boxes(ctx, images, upstream=box_objects,
+                                             params={"generator": "oracle", "area_threshold": theta if on_boxes else None})
     images = run.absorb(ctx, candidates, images)
-    masks = sam_stages.refine_boxes(ctx, images, candidates.ref, embeddings, cfg.refiner, cfg.models.sam)
+    uses_sam = cfg.refiner == "sam"
+    masks = sam_stages.refine_boxes(ctx, images, produces_as="defect_masks",
+                                    params={"refiner": cfg.refiner, "zero_mask_when_empty": True},
+                                    models={"sam": cfg.models.sam if uses_sam else None},
+                                    upstream={"boxes": candidates.ref, "embeddings": embeddings if uses_sam else None})
     images = run.absorb(ctx, masks, images)
     saliency = None
     if on.saliency:
-        saliency = stages.saliency_map(ctx, images, cfg.models.saliency, objects.ref if objects else None,
-                                       cp.object_count, cfg.saliency_k, cfg.saliency_neighbours, cfg.color_order,
-                                       cfg.single_instance_size, cfg.multi_instance_size)
+        multi = cp.object_count > 1 and objects is not None
+        saliency = stages.saliency_map(
+            ctx, images, models={"backbone": cfg.models.saliency}, upstream={"objects": objects.ref if multi else None},
+            params={"multi": multi, "k": cfg.saliency_k, "neighbours": cfg.saliency_neighbours,
+                    "color_order": cfg.color_order, "single_size": cfg.single_instance_size,
+                    "multi_size": cfg.multi_instance_size if multi else None,
+                    "object_count": cp.object_count if multi else None})
         images = run.absorb(ctx, saliency, images)
     scoring = ScoringRule(k=(cfg.k or cp.k) if on.confidence else None, fusion=cfg.fusion,
                           rescore_scale=cfg.rescore_scale,
@@ -95,7 +111,8 @@ def category_chain(ctx: RunContext, run: RunState, cfg: SAAPlusConfig, cp: Categ
                           location_constraint=on.property and cfg.location_constraint,
                           location_min_overlap=cfg.location_min_overlap)
     needs_objects = scoring.property_on_masks or scoring.location_constraint
-    maps = stages.saa_plus_map(ctx, images, masks.ref, saliency.ref if saliency else None,
-                               objects.ref if needs_objects else None, scoring, cfg.eval_resolution)
+    maps = stages.saa_plus_map(ctx, images, params={"rule": dict(scoring.__dict__), "resolution": cfg.eval_resolution},
+                               upstream={"masks": masks.ref, "saliency": saliency.ref if saliency else None,
+                                         "objects": objects.ref if needs_objects else None})
     run.absorb(ctx, maps)
     return maps.ref

@@ -1,0 +1,1 @@
+"""Probes: small trainables over cached features (the linear per-patch probe)."""
