@@ -1,22 +1,22 @@
-"""Per-category evaluation: normalise the maps, score the images, compare with ground truth."""
+"""Per-category evaluation results: the cached ``category_evaluation`` items, previews and saved maps."""
 from __future__ import annotations
 
 import os
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 import tifffile
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from stores import ArtifactRef
-from tasks import metrics
-from tasks.datasets.image_io import image_size, read_mask
-from tasks.datasets.records import ImageError, ImageRecord
+from tasks.datasets.image_io import image_size
+from tasks.datasets.records import ImageRecord
 from tasks.engine.context import ImageItem, RunContext
+from tasks.engine.run_state import RunState
 from tasks.engine.runner import image_item
-from tasks.saa import fusion
+from tasks.engine.stage import ItemSet
+from tasks.report.evaluation_stage import category_evaluation, normalised
 
 
 @dataclass
@@ -25,7 +25,7 @@ class CategoryResult:
     images: list[dict] = field(default_factory=list)        # {id, path, category, label, score}
     failures: dict[str, str] = field(default_factory=dict)  # path -> reason
     metrics: dict[str, float | None] | None = None
-    previews: list[tuple[ImageRecord, np.ndarray]] = field(default_factory=list)  # (record, R x R map)
+    previews: list[tuple[ImageRecord, np.ndarray]] = field(default_factory=list)  # (record, normalised map)
     constant_maps: bool = False   # category min-max normalisation met one value everywhere (official: NaN)
 
 
@@ -57,48 +57,54 @@ def save_map(out_dir: str, rec: ImageRecord, anomaly_map: np.ndarray) -> str:
     return path
 
 
-def _ground_truth(rec: ImageRecord, resolution: int) -> np.ndarray | None:
-    """R x R bool ground truth, None when the dataset has no labels."""
-    if rec.label is None:
-        return None
-    if rec.label == 0 or not rec.mask_path:
-        return np.zeros((resolution, resolution), bool)
-    return metrics.resize_mask(read_mask(rec.mask_path, image_size(rec.path)), resolution)
+def evaluate_categories(ctx: RunContext, run: RunState, maps: ArtifactRef | dict[str, ArtifactRef],
+                        resolution: int | str, normalise: str, save_maps_dir: str | None,
+                        scores: ArtifactRef | None = None, previews: int = 4, with_pro: bool = True
+                        ) -> list[CategoryResult]:
+    """Run the cached ``category_evaluation`` stage (one set item per category) and turn its items into results.
+
+    maps: one artifact for every category, or one per category. scores: an optional per-image score artifact
+    (``score`` scalar per image) used instead of each map's maximum. Saved maps and previews read only the maps
+    they show."""
+    by_category: dict[str, list[ImageItem]] = defaultdict(list)
+    for item in run.alive:
+        by_category[item.record.category].append(item)
+    groups = {cat: ItemSet(f"category:{cat}", tuple(items), tuple(items)) for cat, items in by_category.items()}
+    params = {"normalise": normalise, "resolution": resolution, "pro": with_pro}
+    per_ref: dict[ArtifactRef, list[str]] = defaultdict(list)
+    for cat in sorted(groups):
+        per_ref[maps[cat] if isinstance(maps, dict) else maps].append(cat)
+    results = []
+    for ref, cats in per_ref.items():
+        evaluated = category_evaluation(ctx, params=params, upstream={"maps": ref, "scores": scores},
+                                        sets=[groups[c] for c in cats])
+        run.absorb(ctx, evaluated)
+        view, map_view = ctx.store.open(evaluated.ref), ctx.store.open(ref)
+        for cat in cats:
+            item = groups[cat].item(evaluated.ref.side)
+            if view.has(item):
+                results.append(_category_result(cat, view.read(item), groups[cat], ref, map_view, previews,
+                                                save_maps_dir))
+    return sorted(results, key=lambda r: r.category)
 
 
-@task(cache_policy=NO_CACHE, persist_result=False)
-def evaluate_category(ctx: RunContext, category: str, images: list[ImageItem], maps: ArtifactRef,
-                      resolution: int, normalise: str, save_maps_dir: str | None, previews: int = 4,
-                      with_pro: bool = True) -> CategoryResult:
-    result = CategoryResult(category)
-    view = ctx.store.open(maps)
-    kept, raw, gts = [], [], []
-    for item in images:
-        try:
-            gt = _ground_truth(item.record, resolution)
-        except ImageError as exc:
-            result.failures[item.record.path] = f"ground truth {exc.path}: {exc.reason}"
-            continue
-        kept.append(item)
-        raw.append(view.read(image_item(maps, item)).arrays["map"])
-        gts.append(gt)
-    if not kept:
-        return result
-    maps_arr = np.stack(raw)
-    if normalise == "category_minmax":
-        result.constant_maps = bool(maps_arr.max() <= maps_arr.min())
-        maps_arr = fusion.minmax_normalise(maps_arr)
-    scores = fusion.image_scores(maps_arr)
-    for item, m, s in zip(kept, maps_arr, scores):
+def _category_result(category: str, data, group: ItemSet, maps: ArtifactRef, map_view, previews: int,
+                     save_maps_dir: str | None) -> CategoryResult:
+    meta = data.meta
+    by_id = {m.image_id: m for m in group.members}
+    norm = tuple(meta["norm"]) if meta["norm"] else None
+    result = CategoryResult(category, metrics=meta["metrics"], constant_maps=meta["constant_maps"])
+    result.failures = {by_id[i].record.path: reason for i, reason in meta["failures"].items()}
+    kept = [by_id[i] for i in meta["members"]]
+    image_scores = data.arrays["scores"]
+    for item, score in zip(kept, image_scores):
         rec = item.record
         result.images.append({"id": item.image_id, "path": rec.path, "category": rec.category,
-                              "label": rec.label, "score": float(s)})
-        if save_maps_dir:   # at the image's own size: the official MVTec AD / LOCO scripts accept no other
-            save_map(save_maps_dir, rec, resize_to(m, image_size(rec.path)))
-    order = np.argsort(-scores)[:previews]
-    result.previews = [(kept[i].record, maps_arr[i]) for i in order]
-    if all(g is not None for g in gts):
-        labels = np.array([it.record.label for it in kept])
-        result.metrics = {**metrics.pixel_metrics(maps_arr, np.stack(gts), pro=with_pro),
-                          **metrics.image_metrics(scores, labels)}
+                              "label": rec.label, "score": float(score)})
+    read = (lambda item: normalised(map_view.read(image_item(maps, item)).arrays["map"], norm))
+    for n in np.argsort(-image_scores, kind="stable")[:previews]:
+        result.previews.append((kept[n].record, read(kept[n])))
+    if save_maps_dir:   # at the image's own size: the official MVTec AD / LOCO scripts accept no other
+        for item in kept:
+            save_map(save_maps_dir, item.record, resize_to(read(item), image_size(item.record.path)))
     return result

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections import defaultdict
 from dataclasses import asdict
 from typing import Any
 
@@ -14,7 +13,7 @@ from stores import ArtifactRef
 from tasks.engine.context import RunContext
 from tasks.engine.fallbacks import fallback_note
 from tasks.engine.run_state import RunState
-from tasks.report.evaluate import CategoryResult, evaluate_category
+from tasks.report.evaluate import CategoryResult, evaluate_categories
 from tasks.report.report_html import render_html
 from tasks.report.report_json import build_report, write_json_atomic
 
@@ -64,21 +63,17 @@ def finish_run(ctx: RunContext, state: RunState, maps: ArtifactRef | dict[str, A
 
     maps: one artifact for every category, or one per category (methods whose parameters are per category).
     """
-    by_category = defaultdict(list)
-    for item in state.alive:
-        by_category[item.record.category].append(item)
     evaluation_started = time.perf_counter()
     try:
-        categories = [evaluate_category(ctx, cat, items, maps[cat] if isinstance(maps, dict) else maps, resolution,
-                                        normalise, save_maps_dir)
-                      for cat, items in sorted(by_category.items())]
+        categories = evaluate_categories(ctx, state, maps, resolution, normalise, save_maps_dir)
     except OSError as exc:
         raise _kept(ctx, state, f"could not write the maps to {save_maps_dir}", exc) from None
     _note_constant_maps(state, categories, maps)
     state.timings["evaluation"] = round(time.perf_counter() - evaluation_started, 3)
     state.timings["stages"] = round(sum(st.seconds for st in state.stages), 3)
     dataset = {**asdict(state.dataset), "images": len(state.records), "files_hashed": state.files_hashed,
-               "categories": sorted({r.category for r in state.records})}
+               "categories": sorted({r.category for r in state.records}),
+               **({"roles": {role: inputs.summary() for role, inputs in state.roles.items()}} if state.roles else {})}
     report = build_report(state.method, state.config, state.models, dataset, categories, state.tracker.failures,
                           state.stages, time.perf_counter() - state.started, state.run_id,
                           state.model_load_seconds(), state.notes, state.timings)
