@@ -20,7 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RECORD = Path(__file__).with_name("stage_fingerprints.json")
 STAGE_MODULES = ("tasks/stages/sam.py", "tasks/stages/grounding_dino.py", "tasks/stages/sam_memo.py",
-                 "tasks/saa/stages.py", "tasks/saa_plus/stages.py", "tasks/saa_plus/oracle.py")
+                 "tasks/saa/stages.py", "tasks/saa_plus/stages.py", "tasks/saa_plus/oracle.py",
+                 "tasks/stages/sam_auto.py", "tasks/stages/features.py", "tasks/stages/clip.py",
+                 "tasks/report/evaluation_stage.py")
 
 
 def _declarations(node: ast.AST) -> list[ast.Call]:

@@ -97,7 +97,8 @@ def clip_text_embeddings(call: StageCall, batch: list[WorkItem]) -> list[ItemDat
         embeddings = encoded[start:start + len(r)]
         start += len(r)
         state = np.array([s for s, _ in r], np.int32)
-        out.append(ItemData({"embeddings": embeddings, "state": state, "means": ensemble(embeddings, state, len(states))},
+        means = ensemble(embeddings, state, len(states))
+        out.append(ItemData({"embeddings": embeddings, "state": state, "means": means},
                             {"category": w.payload.payload["category"], "states": states,
                              "prompts": {s: [t for i, t in r if states[i] == s] for s in states}}))
     return out

@@ -131,8 +131,10 @@ def automatic_masks(decode: DecodePoints, hw: tuple[int, int], rule: MaskGenerat
     first = 0
     for (points,) in batch_iterator(rule.points_per_batch, point_grid(rule.points_per_side, hw)):
         logits, iou_preds = decode(points)
-        candidates.cat(filter_candidates(logits.float().cpu(), iou_preds.float().cpu(), points, first, rule,
-                                         mask_threshold))
+        kept = filter_candidates(logits.float(), iou_preds.float(), points, first, rule, mask_threshold)
+        for name, value in list(kept.items()):   # filtered where decoded (GPU); only survivors come back
+            kept[name] = value.cpu()
+        candidates.cat(kept)
         first += len(points) * MASKS_PER_POINT
     return select_masks(candidates, rule, hw)
 
