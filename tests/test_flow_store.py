@@ -28,7 +28,9 @@ def test_saa_runs_on_s3_and_a_warm_rerun_makes_no_model_calls(synth_root, models
     store = f"s3://{s3_server.bucket}/flows-{uuid.uuid4().hex[:8]}"
     code, cold, _ = run_saa(synth_root, store, str(tmp_path / "o1"), models_dir, "--batch-size", "3")
     assert code == 0 and cold["failures"] == [] and len(cold["images"]) == 8
-    assert all(c == 8 for c, _ in stage_counts(cold).values())
+    counts = stage_counts(cold)
+    assert counts.pop("category_evaluation") == (2, 0)              # one set item per category
+    assert all(c == 8 for c, _ in counts.values())
     counters.reset_counters()
     code, warm, _ = run_saa(synth_root, store, str(tmp_path / "o2"), models_dir, "--batch-size", "3")
     assert code == 0 and counters.total_calls() == 0 and all(c == 0 for c, _ in stage_counts(warm).values())

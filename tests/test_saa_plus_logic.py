@@ -8,7 +8,7 @@ from stores import ItemData
 from tasks.datasets.records import ImageRecord
 from tasks.engine.context import ImageItem, RunContext
 from tasks.saa import stages as saa_stages
-from tasks.saa.regions import BoxFilter
+from tasks.saa.regions import BoxFilter, defect_box_params
 from tasks.stages.grounding_dino import detection_item
 from tasks.saa_plus import stages
 from tasks.saa_plus.scoring import ScoringRule, location_filter, mask_area_filter, score_map
@@ -86,19 +86,27 @@ def _store_with_detections(tmp_path):
 
 def test_object_area_bounds_defect_boxes(tmp_path):
     ctx, item, ref = _store_with_detections(tmp_path)
-    objects = stages.object_boxes.fn(ctx, [item], ref, "bottle", 1, 0.1, 0.1)
+    def object_boxes(n):
+        rule = BoxFilter(0.1, 0.1, max_area=1.0 / n)
+        return stages.object_boxes.run(ctx, [item], params={"caption": "bottle.", "rule": dict(rule.__dict__)},
+                                       upstream={"detections": ref})
+
+    def defect_boxes(objects, theta):
+        return saa_stages.defect_boxes.run(ctx, [item], models={"detector": "tiny-gdino"},
+                                           params=defect_box_params(BoxFilter(0.1, 0.1), ["crack"], "", theta),
+                                           upstream={"detections": ref, "objects": objects})
+
+    objects = object_boxes(1)
     obj = ctx.store.open(objects.ref).read(item.image_id)
     assert obj.meta["object_area"] == pytest.approx(0.64) and len(obj.arrays["boxes"]) == 1
-    rule = BoxFilter(0.1, 0.1)
-    cands = saa_stages.defect_boxes.fn(ctx, [item], ref, "tiny-gdino", [("crack", "")], rule, objects.ref,
-                                       0.1)  # max area 0.1 * 0.64: keeps the 0.01 box, drops the 0.09 box
+    cands = defect_boxes(objects.ref, 0.1)  # max area 0.1 * 0.64: keeps the 0.01 box, drops the 0.09 box
     got = ctx.store.open(cands.ref).read(item.image_id)
     np.testing.assert_allclose(got.arrays["boxes"], [[15, 15, 25, 25]])
     np.testing.assert_allclose(got.arrays["scores"], [0.6])
-    no_property = saa_stages.defect_boxes.fn(ctx, [item], ref, "tiny-gdino", [("crack", "")], rule)
+    no_property = defect_boxes(None, None)
     assert len(ctx.store.open(no_property.ref).read(item.image_id).arrays["boxes"]) == 2
     # n = 2 objects: an object box may cover at most half the image; the 0.64 box goes, object_area -> 1
-    two = stages.object_boxes.fn(ctx, [item], ref, "bottle", 2, 0.1, 0.1)
+    two = object_boxes(2)
     assert ctx.store.open(two.ref).read(item.image_id).meta["object_area"] == 1.0
 
 
@@ -120,7 +128,9 @@ def test_saliency_stage_falls_back_when_fewer_than_two_objects(tmp_path):
             masks[i, 4:12, 4 + 14 * i:12 + 14 * i] = True
         ctx.store.write_item(objects, item.image_id, ItemData({"masks": masks, "scores": np.ones(count)}))
         items.append(item)
-    result = stages.saliency_map.fn(ctx, items, "tiny-wrn50", objects, 4, 5, "farthest", "rgb", 32, 64)
+    result = stages.saliency_map.run(ctx, items, models={"backbone": "tiny-wrn50"}, upstream={"objects": objects},
+                                     params={"multi": True, "k": 5, "neighbours": "farthest", "color_order": "rgb",
+                                             "single_size": 32, "multi_size": 64, "object_count": 4})
     view = ctx.store.open(result.ref)
     modes = {it.record.stem: view.read(it.image_id).meta["mode"] for it in items}
     assert modes == {"two": "multi", "one": "single-fallback", "none": "single-fallback"}

@@ -124,3 +124,40 @@ def open_store(url: str) -> None:
         raise UsageError(str(exc)) from None
     except OSError as exc:
         raise UsageError(f"--store {url}: cannot open the store ({type(exc).__name__}: {exc})") from None
+
+
+def check_dask(address: str | None, workers: int | None, resources: list[str] | None,
+               store: str) -> tuple[str | None, tuple[tuple[str, float], ...]]:
+    """``--dask-address`` / ``--workers`` / ``--dask-resources`` -> (RunContext.dask_address, model_resources).
+
+    The two ways to name a cluster exclude each other; N >= 1; resources are NAME=AMOUNT (repeat, or
+    comma-separated) and need a cluster; an in-memory store cannot be shared with worker processes.
+    Nothing is connected here (``flows.cli.run_cmd`` connects after the other checks)."""
+    from tasks.engine.distributed import parse_address
+
+    if address is not None and workers is not None:
+        raise UsageError("--dask-address and --workers exclude each other: use a running cluster or start one")
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers {workers}: needs at least 1 worker")
+    dask_address = f"local:{workers}" if workers is not None else address
+    if dask_address is not None and workers is None:
+        try:
+            parse_address(dask_address)
+        except ValueError as exc:
+            raise UsageError(f"--dask-address {exc}") from None
+    parsed: dict[str, float] = {}
+    for part in (p.strip() for value in resources or [] for p in value.split(",")):
+        name, _, amount = (s.strip() for s in part.partition("="))
+        try:
+            value = float(amount)
+        except ValueError:
+            value = 0.0
+        if not name or not 0 < value < float("inf"):
+            raise UsageError(f"--dask-resources {part!r}: expected NAME=AMOUNT with AMOUNT > 0, e.g. GPU=1")
+        parsed[name] = value
+    if parsed and dask_address is None:
+        raise UsageError("--dask-resources needs a cluster: add --dask-address tcp://HOST:PORT or --workers N")
+    if dask_address is not None and str(store).startswith("memory://"):
+        raise UsageError(f"--store {store}: Dask workers cannot see an in-memory store; use a shared "
+                         "filesystem path or an object store (s3://...)")
+    return dask_address, tuple(parsed.items())

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import typer
 
-from flows.cli.preflight import UsageError, check_dir_target, check_inputs, check_outputs, open_store
+from flows.cli.preflight import UsageError, check_dask, check_dir_target, check_inputs, check_outputs, open_store
 from flows.cli.summary import print_summary
 
 DEFAULT_STORE = os.environ.get("ANOMFLOW_STORE", str(Path.home() / ".cache" / "anomflow" / "store"))
@@ -29,6 +29,11 @@ ALLOW_TINY = typer.Option(False, "--allow-tiny", help="use tiny-* stand-ins for 
 BATCH_SIZE = typer.Option(None, "--batch-size", help="images per model batch")
 DEVICE = typer.Option("cpu", "--device", help="torch device, e.g. cuda")
 PROGRESS = typer.Option(True, "--progress/--no-progress", help="progress bars on long stages")
+DASK_ADDRESS = typer.Option(None, "--dask-address",
+                            help="run stage batches on the Dask cluster of this scheduler, e.g. tcp://HOST:8786")
+WORKERS = typer.Option(None, "--workers", help="run stage batches on a local Dask cluster of N worker processes")
+DASK_RESOURCES = typer.Option(None, "--dask-resources",
+                              help="Dask resources a batch that runs a model needs, e.g. GPU=1 (repeat)")
 
 
 def fail_usage(message: str) -> None:
@@ -39,8 +44,12 @@ def fail_usage(message: str) -> None:
 def execute(method: str, dataset: str, root: str, categories: list[str] | None, store: str, out: str,
             overrides: list[str], models_dir: str | None, save_maps: str | None, random_weights: bool,
             allow_tiny: bool, batch_size: int | None, device: str, progress: bool,
-            flow_override: Any = None) -> dict[str, Any]:
-    """Validate everything a user can get wrong before any work starts, then run the flow."""
+            flow_override: Any = None, dask_address: str | None = None, workers: int | None = None,
+            dask_resources: list[str] | None = None) -> dict[str, Any]:
+    """Validate everything a user can get wrong before any work starts, then run the flow.
+
+    dask_address / workers / dask_resources: run stage batches on a Dask cluster (``tasks.engine.distributed``);
+    the cluster is connected (or a local one started) after the other checks, and the report names it."""
     from flows.cli.prefect_server import choose_prefect_api
 
     api_note = choose_prefect_api()   # before Prefect is imported: its settings are read on import
@@ -71,6 +80,7 @@ def execute(method: str, dataset: str, root: str, categories: list[str] | None, 
     except (ConfigError, KeyError) as exc:
         fail_usage(str(exc).strip("'\""))
     try:
+        cluster, resources = check_dask(dask_address, workers, dask_resources, store)
         check_outputs(store, out, save_maps, create_parents=frozenset({DEFAULT_STORE, DEFAULT_ABLATE_OUT}))
         check_inputs(config, dataset, root, categories)
         open_store(store)
@@ -79,10 +89,16 @@ def execute(method: str, dataset: str, root: str, categories: list[str] | None, 
     for note in notes + ([api_note] if api_note else []):
         typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
     ctx = RunContext(store_url=store, models_dir=models_dir, dataset_root=os.path.abspath(root),
-                     random_weights=random_weights, device=device, batch_size=config.batch_size, progress=progress)
+                     random_weights=random_weights, device=device, batch_size=config.batch_size, progress=progress,
+                     dask_address=cluster, model_resources=resources)
+    if cluster is not None:
+        _connect_cluster(ctx, dask_address)
     spec = DatasetSpec(dataset, os.path.abspath(root), tuple(categories) if categories else None)
     try:
-        return flow_fn(config=config, ctx=ctx, dataset=spec, out_dir=out, save_maps_dir=save_maps)
+        outcome = flow_fn(config=config, ctx=ctx, dataset=spec, out_dir=out, save_maps_dir=save_maps)
+        if cluster is not None:
+            _record_executor(ctx, outcome)
+        return outcome
     except (DatasetError, WeightsMissingError, ExpertError) as exc:
         stop_session(ctx.run_id, "failed", error=str(exc))
         fail_usage(str(exc))
@@ -92,6 +108,29 @@ def execute(method: str, dataset: str, root: str, categories: list[str] | None, 
     except BaseException as exc:
         stop_session(ctx.run_id, "failed", error=f"{type(exc).__name__}: {exc}")
         raise
+
+
+def _connect_cluster(ctx: Any, option_address: str | None) -> None:
+    """Connect to the cluster (or start the local one) now, so that a wrong address is a usage error."""
+    from tasks.engine.distributed import DaskSetupError
+
+    try:
+        described = ctx.executor.describe()
+    except DaskSetupError as exc:
+        fail_usage(f"--dask-address {option_address}: {exc}" if option_address else f"--workers: {exc}")
+    typer.secho(f"note: stage batches run on Dask ({described['address']}, {described['workers']} workers)",
+                fg=typer.colors.YELLOW, err=True)
+
+
+def _record_executor(ctx: Any, outcome: dict[str, Any]) -> None:
+    """Name the Dask cluster in report.json (``executor``). Until build_report takes an executor argument,
+    the field is added here and report.json rewritten (report.html does not show it)."""
+    from tasks.report.report_json import write_json_atomic
+
+    report = outcome.get("report_data")
+    if isinstance(report, dict) and outcome.get("report") and "executor" not in report:
+        report["executor"] = ctx.executor.describe()
+        write_json_atomic(outcome["report"], report)
 
 
 def run(
@@ -109,10 +148,14 @@ def run(
     batch_size: Optional[int] = BATCH_SIZE,
     device: str = DEVICE,
     progress: bool = PROGRESS,
+    dask_address: Optional[str] = DASK_ADDRESS,
+    workers: Optional[int] = WORKERS,
+    dask_resources: Optional[list[str]] = DASK_RESOURCES,
 ) -> None:
     """Run METHOD on a dataset; writes report.json/html to --out. Exit 0 ok, 3 some items failed, 2 usage."""
     outcome = execute(method, dataset, root, category, store, out, overrides or [], models_dir, save_maps,
-                      random_weights, allow_tiny, batch_size, device, progress and sys.stderr.isatty())
+                      random_weights, allow_tiny, batch_size, device, progress and sys.stderr.isatty(),
+                      dask_address=dask_address, workers=workers, dask_resources=dask_resources)
     print_summary(outcome["report_data"], outcome["report"])
     raise typer.Exit(outcome["exit_code"])
 

@@ -2,7 +2,7 @@
 settings for the stages it shares with SAA+ (METHODS.md §2)."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -29,6 +29,7 @@ class SAAConfig(StrictModel):
     sam_color_order: Literal["bgr", "rgb"] = "bgr"      # official code feeds SAM the BGR array [QUIRK]
     fusion: Literal["official", "mean"] = "official"    # official: / (1 + sum of masks) [QUIRK]; mean: paper Eq. 9
     top_k: int | None = Field(None, ge=1)               # None = keep every candidate (vanilla SAA)
-    eval_resolution: int = Field(400, ge=16, le=4096)
+    # maps R x R (ground truth resized to R x R), or "native": each image's own H x W (non-square; MVTec LOCO)
+    eval_resolution: Annotated[int, Field(ge=16, le=4096)] | Literal["native"] = 400
     normalise: Literal["category_minmax", "none"] = "category_minmax"
     batch_size: int = Field(4, ge=1, le=256)

@@ -29,8 +29,11 @@ def fuse_masks(masks: np.ndarray, scores: np.ndarray, mode: str = "official") ->
     raise ValueError(f"unknown fusion mode {mode!r}; use 'official' or 'mean'")
 
 
-def resize_map(anomaly_map: np.ndarray, size: int) -> np.ndarray:
-    """H x W float32 -> size x size float32, bilinear (cv2.resize, as the official evaluation)."""
+def resize_map(anomaly_map: np.ndarray, size: int | str) -> np.ndarray:
+    """H x W float32 -> size x size float32, bilinear (cv2.resize, as the official evaluation); ``native``
+    keeps H x W (the masks are at the image's own size)."""
+    if size == "native":
+        return anomaly_map.astype(np.float32, copy=False)
     return cv2.resize(anomaly_map.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
 
 

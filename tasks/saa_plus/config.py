@@ -1,7 +1,7 @@
 """SAA+ configuration. Defaults reproduce the official implementation (METHODS.md §2.6); flags give the paper's form."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -48,6 +48,7 @@ class SAAPlusConfig(StrictModel):
     rescore_scale: float = Field(3.0, ge=0.0)               # s' = s * exp(scale * mean saliency); paper: 1
     single_instance_size: int = Field(256, ge=32)
     multi_instance_size: int = Field(1024, ge=32)
-    eval_resolution: int = Field(400, ge=16, le=4096)
+    # maps R x R (ground truth resized to R x R), or "native": each image's own H x W (non-square; MVTec LOCO)
+    eval_resolution: Annotated[int, Field(ge=16, le=4096)] | Literal["native"] = 400
     normalise: Literal["category_minmax", "none"] = "category_minmax"
     batch_size: int = Field(4, ge=1, le=256)
