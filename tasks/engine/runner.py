@@ -71,7 +71,10 @@ class WorkItem:
     def failure(self, exc: BaseException) -> tuple[tuple[str, ...], str]:
         """(images that fail, reason)."""
         reason = describe_error(exc)
-        return self.dependents or (self.image,), f"{self.what} failed: {reason}" if self.what else reason
+        if not self.what:
+            return self.dependents or (self.image,), reason
+        member = f"{exc.path}: " if isinstance(exc, ImageError) else ""   # which member of the set
+        return self.dependents or (self.image,), f"{self.what} failed: {member}{reason}"
 
 
 @dataclass
