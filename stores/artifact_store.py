@@ -156,8 +156,8 @@ class ArtifactStore:
     def write_item(self, ref: ArtifactRef, item: str, data: ItemData, run_id: str | None = None) -> None:
         self.write_batch(ref, [(item, data)], run_id)
 
-    def open(self, ref: ArtifactRef) -> "ArtifactView":
-        return ArtifactView(self, ref)
+    def open(self, ref: ArtifactRef, cache_bytes: int | None = None) -> "ArtifactView":
+        return ArtifactView(self, ref, cache_bytes)
 
     # ---------------------------------------------------------------- claims and runs
     def claim(self, ref: ArtifactRef, items: list[str], run_id: str) -> ClaimResult:
@@ -190,8 +190,10 @@ class ArtifactStore:
 class ArtifactView:
     """Read access to one artifact: lookups go to the index, reads to the pack (a few decoded packs are kept)."""
 
-    def __init__(self, store: ArtifactStore, ref: ArtifactRef):
+    def __init__(self, store: ArtifactStore, ref: ArtifactRef, cache_bytes: int | None = None):
+        """cache_bytes: decoded packs kept (default ``_PACK_CACHE_BYTES``); a streaming reader passes a few MB."""
         self.store, self.ref = store, ref
+        self.cache_bytes = _PACK_CACHE_BYTES if cache_bytes is None else cache_bytes
         self._where: dict[str, Location] = {}
         self._records: dict[str, dict] = {}
         self._decoded: OrderedDict[str, tuple[list[dict[str, np.ndarray]], int]] = OrderedDict()
@@ -250,12 +252,12 @@ class ArtifactView:
         """One row of a pack: small packs are decoded whole once and kept; large ones read only that row."""
         size = sum(v.get("nbytes", 0) for v in record["arrays"].values())
         path = f"{self.ref.path}/{pack}"
-        if size > _PACK_CACHE_BYTES:
+        if size > self.cache_bytes:
             return packs.sync(packs.read_rows(self.store.zstore, path, record, [row], names))[0]
         if pack not in self._decoded:
             rows = packs.sync(packs.read_rows(self.store.zstore, path, record, list(range(len(record["items"])))))
             self._decoded[pack] = (rows, size)
-            while sum(s for _, s in self._decoded.values()) > _PACK_CACHE_BYTES and len(self._decoded) > 1:
+            while sum(s for _, s in self._decoded.values()) > self.cache_bytes and len(self._decoded) > 1:
                 self._decoded.popitem(last=False)
         self._decoded.move_to_end(pack)
         return self._decoded[pack][0][row]

@@ -151,9 +151,6 @@ def _close_all() -> None:
     _CLIENTS.clear()
 
 
-atexit.register(_close_all)
-
-
 def parse_address(address: str) -> tuple[str, int | None]:
     """("local", N) for ``local:N``, else (address, None); ValueError names what is wrong."""
     if address.startswith(LOCAL_PREFIX):
@@ -186,6 +183,8 @@ def cluster_client(address: str, resources: tuple[tuple[str, float], ...] = ()):
         else:
             cluster, client = None, Client(address)
         _CLIENTS[key] = (client, cluster)
+        atexit.unregister(_close_all)     # (re)registered last, so it runs before distributed's own exit hooks
+        atexit.register(_close_all)
         return client
 
 

@@ -28,6 +28,11 @@ from tasks.engine.runner import WorkItem
 from tasks.engine.stage import ItemSet, StageCall, declare_stage
 from tasks.metrics_stream import stream_pixel_metrics
 
+# Pixels held by a merge step (≈ 100 bytes each). The results do not depend on it (exact at any budget), so it is
+# not in the key; 2^18 keeps a category's evaluation near 30 MB however many images it has.
+MERGE_BUDGET = 1 << 18
+MAP_CACHE_BYTES = 16 << 20   # decoded map packs kept while streaming (a view keeps up to 256 MB by default)
+
 
 def ground_truth(image: ImageItem, resolution: int | str) -> np.ndarray | None:
     """R x R (or H x W at ``native``) bool ground truth, None when the dataset has no labels."""
@@ -64,9 +69,11 @@ def _evaluate(call: StageCall, group: ItemSet) -> ItemData:
         except ImageError as exc:
             failures[m.image_id] = f"ground truth {exc.path}: {exc.reason}"
     kept = [m for m in members if m.image_id not in failures]
+    maps = call.ctx.store.open(call.refs["maps"], cache_bytes=MAP_CACHE_BYTES)
+    read_map = (lambda m: maps.read(call.item_of("maps", m)).arrays["map"])
     lo = hi = None
     for m in kept:                                      # pass 1: the category's min and max
-        raw = call.read("maps", m).arrays["map"]
+        raw = read_map(m)
         lo = float(raw.min()) if lo is None else min(lo, float(raw.min()))
         hi = float(raw.max()) if hi is None else max(hi, float(raw.max()))
     norm = (lo, hi) if p["normalise"] == "category_minmax" and kept else None
@@ -74,13 +81,13 @@ def _evaluate(call: StageCall, group: ItemSet) -> ItemData:
 
     def pairs() -> Iterator[tuple[np.ndarray, np.ndarray]]:   # pass 2: one normalised map at a time
         for n, m in enumerate(kept):
-            amap = normalised(call.read("maps", m).arrays["map"], norm)
+            amap = normalised(read_map(m), norm)
             scores[n] = amap.max() if amap.size else 0.0
             yield amap, ground_truth(m, p["resolution"])
 
     labelled = bool(kept) and all(truths[m.image_id] for m in kept)
     if labelled:
-        result = stream_pixel_metrics(pairs(), pro=p["pro"])
+        result = stream_pixel_metrics(pairs(), pro=p["pro"], budget=MERGE_BUDGET)
         values: dict | None = {k: result[k] for k in metrics.PIXEL_KEYS}
     else:
         for _ in pairs():
