@@ -8,7 +8,8 @@ from typing import Any, Optional
 
 import typer
 
-from flows.cli.preflight import UsageError, check_dask, check_dir_target, check_inputs, check_outputs, open_store
+from flows.cli.preflight import (UsageError, check_dask, check_dir_target, check_inputs, check_outputs, local_path,
+                                 open_store)
 from flows.cli.summary import print_summary
 
 DEFAULT_STORE = os.environ.get("ANOMFLOW_STORE", str(Path.home() / ".cache" / "anomflow" / "store"))
@@ -88,6 +89,9 @@ def execute(method: str, dataset: str, root: str, categories: list[str] | None, 
         fail_usage(str(exc))
     for note in notes + ([api_note] if api_note else []):
         typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
+    if cluster is not None:   # workers do not share the driver's working directory: ship absolute paths
+        store = local_path(store) or store
+        models_dir = os.path.abspath(os.path.expanduser(models_dir))
     ctx = RunContext(store_url=store, models_dir=models_dir, dataset_root=os.path.abspath(root),
                      random_weights=random_weights, device=device, batch_size=config.batch_size, progress=progress,
                      dask_address=cluster, model_resources=resources)
