@@ -22,7 +22,7 @@ RECORD = Path(__file__).with_name("stage_fingerprints.json")
 STAGE_MODULES = ("tasks/stages/sam.py", "tasks/stages/grounding_dino.py", "tasks/stages/sam_memo.py",
                  "tasks/saa/stages.py", "tasks/saa_plus/stages.py", "tasks/saa_plus/oracle.py",
                  "tasks/stages/sam_auto.py", "tasks/stages/features.py", "tasks/stages/clip.py",
-                 "tasks/report/evaluation_stage.py")
+                 "tasks/report/evaluation_stage.py", "tasks/probe/linear_probe.py")
 
 
 def _declarations(node: ast.AST) -> list[ast.Call]:

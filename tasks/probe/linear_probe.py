@@ -21,14 +21,13 @@ import torch.nn.functional as F
 
 from stores import ArtifactRef, ArtifactStore, ItemData
 from stores.keys import canonical_json, sha256_text
-from tasks.datasets import load_dataset, read_image, read_mask
-from tasks.datasets.image_io import DECODE_RULE
-from tasks.engine.context import ImageItem
+from stores.runs import new_run_id
+from tasks.datasets import load_dataset, read_mask
+from tasks.engine.context import ImageItem, RunContext
 from tasks.engine.inputs import HashCache, prepare_images
-from tasks.engine.runner import StageDef, WorkItem, image_item, per_image, run_stage
+from tasks.engine.runner import StageDef, WorkItem, image_item
+from tasks.engine.stage import StageCall, declare_stage
 from tasks.engine.training import load_optimizer_arrays, optimizer_arrays, tensor_array
-from tasks.models.identity import model_identity
-from tasks.models.loading import load_wrn50
 
 FEATURES_STAGE = "probe_features"
 PROBE_STAGE = "linear_probe"
@@ -123,6 +122,20 @@ def mask_fraction(mask: np.ndarray | None, hw: tuple[int, int], grid: int) -> np
     return cv2.resize(mask.astype(np.float32), (grid, grid), interpolation=cv2.INTER_AREA)
 
 
+@declare_stage(FEATURES_STAGE, 2, params=("size", "target"), models=("backbone",), side_inputs=("mask",),
+               reads_pixels=True)
+def probe_features(call: StageCall, batch: list[WorkItem]) -> list[ItemData]:
+    """Per image: WRN features C x h x w and the target h x w (fraction of defect pixels per cell)."""
+    model = call.model("backbone")
+    pixels = [call.pixels(w.payload) for w in batch]
+    out = []
+    for w, img, f in zip(batch, pixels, model.features(pixels, call.params["size"])):
+        rec = w.payload.record
+        mask = read_mask(rec.mask_path, img.shape[:2], root=call.ctx.dataset_root) if rec.mask_path else None
+        out.append(ItemData({"features": f, "target": mask_fraction(mask, img.shape[:2], f.shape[-1])}))
+    return out
+
+
 def cache_probe_features(store: ArtifactStore, dataset_root: str, categories: list[str] | None = None,
                          split: str = "test", size: int = 64, backbone: str = "tiny-wrn50",
                          models_dir: str | None = None, random_weights: bool = False,
@@ -134,22 +147,10 @@ def cache_probe_features(store: ArtifactStore, dataset_root: str, categories: li
     images, failures = prepare_images(records, dataset_root, HashCache(store.index, dataset_root), ("mask",))
     if failures:
         raise RuntimeError(f"probe features: unreadable images {failures}")
-    identity = model_identity(backbone, models_dir, random_weights).as_dict()
-    stage = StageDef(FEATURES_STAGE, 1, {"size": size, "decode": DECODE_RULE, "target": "mask-fraction-area"},
-                     (identity,), side_inputs=("mask",))
-
-    def compute(batch: list[WorkItem]) -> list[ItemData]:
-        model = load_wrn50(backbone, models_dir, random_weights)
-        pixels = [read_image(w.payload.record.path, dataset_root, expect_sha256=w.payload.image_id) for w in batch]
-        feats = model.features(pixels, size)
-        out = []
-        for w, img, f in zip(batch, pixels, feats):
-            path = w.payload.record.mask_path
-            mask = read_mask(path, img.shape[:2], root=dataset_root) if path else None
-            out.append(ItemData({"features": f, "target": mask_fraction(mask, img.shape[:2], f.shape[-1])}))
-        return out
-
-    result = run_stage(store, stage, per_image(images, stage), compute, batch_size=8, progress=False, run_id=run_id)
+    ctx = RunContext(store_url=store.url, models_dir=str(models_dir or ""), dataset_root=dataset_root,
+                     random_weights=random_weights, batch_size=8, progress=False, run_id=run_id or new_run_id())
+    result = probe_features.run(ctx, images, params={"size": size, "target": "mask-fraction-area"},
+                                models={"backbone": backbone})
     if result.failures:
         raise RuntimeError(f"probe features failed: {result.failures}")
     return result.ref, images
