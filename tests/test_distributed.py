@@ -129,6 +129,7 @@ def test_cluster_options_are_checked_before_any_work(tmp_path, models_dir, synth
 def test_racing_runs_on_workers_compute_each_item_once(tmp_path):
     """Two runs of one stage over the same items (in opposite orders) on one store, both on the workers."""
     url = str(tmp_path / "store")
+    ArtifactStore(url)          # created before the race (the store's creation itself is not what is tested)
     definition, call, work = _counting(tmp_path, url, delay=0.15, n=12)
     client = cluster_client("local:2")
     start, results = threading.Barrier(2), {}

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import time
 import uuid
@@ -167,6 +168,7 @@ def parse_address(address: str) -> tuple[str, int | None]:
 def cluster_client(address: str, resources: tuple[tuple[str, float], ...] = ()):
     """This process's client for ``address``: a connection to a scheduler, or a LocalCluster of processes
     (one thread each; its workers offer ``resources``) started on first use and closed at exit."""
+    import dask
     from distributed import Client, LocalCluster
 
     kind, count = parse_address(address)
@@ -177,8 +179,14 @@ def cluster_client(address: str, resources: tuple[tuple[str, float], ...] = ()):
             return found[0]
         if kind == "local":
             logging.getLogger("distributed").setLevel(logging.WARNING)   # its scheduler's chatter is not ours
-            cluster = LocalCluster(n_workers=count, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                   resources=dict(resources) or None)
+            # glibc malloc settings given to this process reach the workers (Dask's own trim default would win);
+            # a worker that keeps its freed memory must not be paused for it, so it gets no memory limit then
+            malloc = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
+            environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **malloc}
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+                cluster = LocalCluster(n_workers=count, threads_per_worker=1, processes=True,
+                                       dashboard_address=":0", resources=dict(resources) or None,
+                                       **({"memory_limit": 0} if malloc else {}))
             client = Client(cluster)
         else:
             cluster, client = None, Client(address)
