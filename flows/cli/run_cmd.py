@@ -99,10 +99,7 @@ def execute(method: str, dataset: str, root: str, categories: list[str] | None, 
         _connect_cluster(ctx, dask_address)
     spec = DatasetSpec(dataset, os.path.abspath(root), tuple(categories) if categories else None)
     try:
-        outcome = flow_fn(config=config, ctx=ctx, dataset=spec, out_dir=out, save_maps_dir=save_maps)
-        if cluster is not None:
-            _record_executor(ctx, outcome)
-        return outcome
+        return flow_fn(config=config, ctx=ctx, dataset=spec, out_dir=out, save_maps_dir=save_maps)
     except (DatasetError, WeightsMissingError, ExpertError) as exc:
         stop_session(ctx.run_id, "failed", error=str(exc))
         fail_usage(str(exc))
@@ -124,17 +121,6 @@ def _connect_cluster(ctx: Any, option_address: str | None) -> None:
         fail_usage(f"--dask-address {option_address}: {exc}" if option_address else f"--workers: {exc}")
     typer.secho(f"note: stage batches run on Dask ({described['address']}, {described['workers']} workers)",
                 fg=typer.colors.YELLOW, err=True)
-
-
-def _record_executor(ctx: Any, outcome: dict[str, Any]) -> None:
-    """Name the Dask cluster in report.json (``executor``). Until build_report takes an executor argument,
-    the field is added here and report.json rewritten (report.html does not show it)."""
-    from tasks.report.report_json import write_json_atomic
-
-    report = outcome.get("report_data")
-    if isinstance(report, dict) and outcome.get("report") and "executor" not in report:
-        report["executor"] = ctx.executor.describe()
-        write_json_atomic(outcome["report"], report)
 
 
 def run(

@@ -76,7 +76,8 @@ def finish_run(ctx: RunContext, state: RunState, maps: ArtifactRef | dict[str, A
                **({"roles": {role: inputs.summary() for role, inputs in state.roles.items()}} if state.roles else {})}
     report = build_report(state.method, state.config, state.models, dataset, categories, state.tracker.failures,
                           state.stages, time.perf_counter() - state.started, state.run_id,
-                          state.model_load_seconds(), state.notes, state.timings)
+                          state.model_load_seconds(), state.notes, state.timings,
+                          ctx.executor.describe() if ctx.dask_address else None)
     try:
         path = write_reports(out_dir, report, categories)
     except OSError as exc:

@@ -36,7 +36,8 @@ def detail_text(detail: dict[str, int] | None) -> str:
 def build_report(method: str, config: dict, models: list[dict], dataset: dict, categories: list[CategoryResult],
                  failures: dict[str, str], stages: list[StageStats], wall_seconds: float, run_id: str,
                  model_load_seconds: dict[str, float], notes: list[str] | None = None,
-                 timings: dict[str, float] | None = None) -> dict:
+                 timings: dict[str, float] | None = None, executor: dict | None = None) -> dict:
+    """executor: where the stage batches ran ({"kind": "dask", address, workers, ...}); None = this process."""
     per_cat = {c.category: c.metrics for c in categories if c.metrics is not None}
     metrics: dict[str, Any] = {k: {m: v.get(m) for m in METRIC_KEYS} for k, v in per_cat.items()}
     mean_covers: dict[str, list[str]] = {}
@@ -69,6 +70,7 @@ def build_report(method: str, config: dict, models: list[dict], dataset: dict, c
                    for s in stages],
         "wall_seconds": round(wall_seconds, 3),
         "timings": dict(timings or {}),
+        "executor": executor or {"kind": "local"},
         "model_load_seconds": model_load_seconds,
     }
 
