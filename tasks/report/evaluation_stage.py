@@ -27,6 +27,7 @@ from tasks.engine.inputs import ABSENT
 from tasks.engine.runner import WorkItem
 from tasks.engine.stage import ItemSet, StageCall, declare_stage
 from tasks.metrics_stream import stream_pixel_metrics
+from tasks.saa import fusion
 
 # Pixels held by a merge step (≈ 100 bytes each). The results do not depend on it (exact at any budget), so it is
 # not in the key; 2^18 keeps a category's evaluation near 30 MB however many images it has.
@@ -49,13 +50,8 @@ def ground_truth(image: ImageItem, resolution: int | str) -> np.ndarray | None:
 
 
 def normalised(raw: np.ndarray, norm: tuple[float, float] | None) -> np.ndarray:
-    """One map scaled by its category's (lo, hi), exactly as ``fusion.minmax_normalise`` scales the stack."""
-    if norm is None:
-        return raw
-    lo, hi = norm
-    if hi <= lo:
-        return np.zeros_like(raw, dtype=np.float32)
-    return ((raw - lo) / (hi - lo)).astype(np.float32)
+    """One map scaled by its category's (lo, hi) (``fusion.scale_to_unit``), or as it is without normalisation."""
+    return raw if norm is None else fusion.scale_to_unit(raw, *norm)
 
 
 def _evaluate(call: StageCall, group: ItemSet) -> ItemData:
@@ -104,7 +100,7 @@ def _evaluate(call: StageCall, group: ItemSet) -> ItemData:
                      "constant_maps": bool(norm is not None and hi <= lo), "failures": failures})
 
 
-@declare_stage("category_evaluation", 1, params=("normalise", "resolution", "pro"), upstream=("maps", "scores?"),
+@declare_stage("category_evaluation", 2, params=("normalise", "resolution", "pro"), upstream=("maps", "scores?"),
                produces="set", side_inputs=("mask",))
 def category_evaluation(call: StageCall, batch: list[WorkItem]) -> list[ItemData]:
     """Each item: one category's image scores and exact metrics (module docstring)."""

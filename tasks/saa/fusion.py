@@ -39,7 +39,12 @@ def resize_map(anomaly_map: np.ndarray, size: int | str) -> np.ndarray:
 
 def minmax_normalise(maps: np.ndarray) -> np.ndarray:
     """N x H x W -> the same scaled by the global min and max of the set (a constant set -> zeros)."""
-    lo, hi = float(maps.min()), float(maps.max())
+    return scale_to_unit(maps, float(maps.min()), float(maps.max()))
+
+
+def scale_to_unit(maps: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """(maps - lo) / (hi - lo) as float32, any shape; zeros when hi <= lo. One map scaled with its category's
+    (lo, hi) equals its slice of ``minmax_normalise`` of the whole category, bit for bit."""
     if hi <= lo:
         return np.zeros_like(maps, dtype=np.float32)
     return ((maps - lo) / (hi - lo)).astype(np.float32)
