@@ -68,6 +68,9 @@ def test_sam_embed_shapes_and_batch_equals_single(tmp_path):
     single = np.concatenate([sam.embed([im]) for im in imgs])
     np.testing.assert_allclose(batch, single, rtol=1e-4, atol=1e-5)
     assert sam.embed([]).shape == (0, 32, 16, 16)
+    assert sam.encoder_batch == 1          # CPU: one image per encoder forward (memory, process scaling)
+    sam.encoder_batch = None               # the whole batch in one forward, as on a GPU
+    np.testing.assert_allclose(sam.embed(imgs), batch, rtol=1e-4, atol=1e-5)
 
 
 def test_sam_same_seed_same_outputs(tmp_path):
