@@ -93,7 +93,14 @@ def prepare_images(records: list[ImageRecord], root: str | None, hashes: HashCac
 
 
 def _side_hash(hashes: HashCache, path: str | None) -> str:
-    return hashes.sha256(path) if path and os.path.isfile(path) else ABSENT
+    """The file's sha256; for a directory (MVTec LOCO's ground truth: one PNG per defect) one hash over its
+    files' names and hashes; ABSENT when there is nothing."""
+    if path and os.path.isfile(path):
+        return hashes.sha256(path)
+    if path and os.path.isdir(path):
+        names = sorted(n for n in os.listdir(path) if not n.startswith(".") and os.path.isfile(os.path.join(path, n)))
+        return item_key("dir", *(f"{n}:{hashes.sha256(os.path.join(path, n))}" for n in names)) if names else ABSENT
+    return ABSENT
 
 
 def item_of(image: ImageItem, side_inputs: tuple[str, ...] = ()) -> str:
