@@ -1,7 +1,9 @@
 """Fingerprints of every stage's source, so that an edit cannot silently reuse caches made by the old code.
 
 A stage's fingerprint is the sha256 of its function's syntax tree plus the trees of every module-level function
-or class of its own module that it reaches by name (transitively); comments, docstrings and layout do not count.
+or class of its own module that it reaches by name (transitively), and a second sha256 over what it reaches in
+other project modules (``tasks/``, ``stores/``: imported functions, ``module.function``); comments, docstrings
+and layout do not count.
 A stage is a function decorated with ``@declare_stage(name, version, ...)`` (its version is the decorator's second
 argument), or one that builds a ``StageDef(name, version, ...)`` itself (the SAM decode memo).
 ``tests/stage_fingerprints.json`` records both; the test fails when a fingerprint changes while the versions stay
@@ -22,7 +24,10 @@ RECORD = Path(__file__).with_name("stage_fingerprints.json")
 STAGE_MODULES = ("tasks/stages/sam.py", "tasks/stages/grounding_dino.py", "tasks/stages/sam_memo.py",
                  "tasks/saa/stages.py", "tasks/saa_plus/stages.py", "tasks/saa_plus/oracle.py",
                  "tasks/stages/sam_auto.py", "tasks/stages/features.py", "tasks/stages/clip.py",
-                 "tasks/report/evaluation_stage.py", "tasks/probe/linear_probe.py")
+                 "tasks/report/evaluation_stage.py", "tasks/probe/linear_probe.py",
+                 "tasks/report/loco_evaluation_stage.py", "tasks/sam_lad/stages_bank.py",
+                 "tasks/sam_lad/stages_objects.py", "tasks/sam_lad/stages_match.py")
+PROJECT_PACKAGES = ("tasks", "stores")   # code in these is followed across modules
 
 
 def _declarations(node: ast.AST) -> list[ast.Call]:
@@ -57,26 +62,66 @@ def _code_only(node: ast.AST) -> str:
     return ast.dump(node, include_attributes=False)
 
 
+def _module(rel: str) -> tuple[dict[str, ast.AST], dict[str, str], dict[str, tuple[str, str]]]:
+    """A project module's top-level functions/classes, its imported project modules (alias -> file) and its
+    imported project functions (name -> (file, name))."""
+    tree = ast.parse((ROOT / rel).read_text())
+    top = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    modules: dict[str, str] = {}
+    names: dict[str, tuple[str, str]] = {}
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in PROJECT_PACKAGES:
+            base = node.module.replace(".", "/")
+            for alias in node.names:
+                as_module = f"{base}/{alias.name}.py"
+                if (ROOT / as_module).is_file():
+                    modules[alias.asname or alias.name] = as_module
+                elif (ROOT / f"{base}.py").is_file():
+                    names[alias.asname or alias.name] = (f"{base}.py", alias.name)
+    return top, modules, names
+
+
+def _reach(rel: str, name: str, cache: dict) -> set[tuple[str, str]]:
+    """(file, name) of every function/class a stage reaches: by name in its module, through imported project
+    functions, and through ``module.function`` on imported project modules (transitively)."""
+    reached: set[tuple[str, str]] = set()
+    todo = [(rel, name)]
+    while todo:
+        current = todo.pop()
+        if current in reached:
+            continue
+        if current[0] not in cache:
+            cache[current[0]] = _module(current[0])
+        top, modules, names = cache[current[0]]
+        if current[1] not in top:
+            continue
+        reached.add(current)
+        for n in ast.walk(top[current[1]]):
+            if isinstance(n, ast.Name) and n.id in top:
+                todo.append((current[0], n.id))
+            elif isinstance(n, ast.Name) and n.id in names:
+                todo.append(names[n.id])
+            elif isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id in modules:
+                todo.append((modules[n.value.id], n.attr))
+    return reached
+
+
 def fingerprints() -> dict[str, dict]:
-    """``module:function`` -> {"versions": [...], "sha256": ...} for every stage function."""
+    """``module:function`` -> {"versions": [...], "sha256": own module's code, "deps_sha256": the code it reaches
+    in other project modules} for every stage function."""
     found: dict[str, dict] = {}
+    cache: dict = {}
     for rel in STAGE_MODULES:
-        source = (ROOT / rel).read_text()
-        tree = ast.parse(source)
-        top = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        top, _, _ = cache.setdefault(rel, _module(rel))
         for name, node in top.items():
             if not _is_stage(node):
                 continue
-            reached, todo = set(), [name]
-            while todo:                      # module-level helpers it reaches by name, transitively
-                current = todo.pop()
-                if current in reached:
-                    continue
-                reached.add(current)
-                todo += [n.id for n in ast.walk(top[current]) if isinstance(n, ast.Name) and n.id in top]
-            text = "\n".join(_code_only(top[n]) for n in sorted(reached))
+            reached = _reach(rel, name, cache)
+            own = "\n".join(_code_only(cache[f][0][n]) for f, n in sorted(reached) if f == rel)
+            deps = "\n".join(f"{f}:{n}\n" + _code_only(cache[f][0][n]) for f, n in sorted(reached) if f != rel)
             found[f"{rel}:{name}"] = {"versions": _versions(node),
-                                      "sha256": hashlib.sha256(text.encode()).hexdigest()}
+                                      "sha256": hashlib.sha256(own.encode()).hexdigest(),
+                                      "deps_sha256": hashlib.sha256(deps.encode()).hexdigest()}
     return found
 
 

@@ -11,7 +11,9 @@ def test_every_changed_stage_bumped_its_version():
     current = fingerprints()
     assert current, "no stage functions found"
     stale = [name for name, fp in current.items() if name in recorded
-             and fp["sha256"] != recorded[name]["sha256"] and fp["versions"] == recorded[name]["versions"]]
+             and (fp["sha256"] != recorded[name]["sha256"]
+                  or fp["deps_sha256"] != recorded[name].get("deps_sha256", fp["deps_sha256"]))
+             and fp["versions"] == recorded[name]["versions"]]
     assert not stale, (f"stage code changed without a version bump: {stale}. Bump the StageDef version (its old "
                        "cache is wrong for the new code), then run: python -m tests.stage_fingerprints --update")
     unrecorded = sorted(set(current) - set(recorded)) + [n for n, fp in current.items() if n in recorded

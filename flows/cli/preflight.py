@@ -100,9 +100,11 @@ def check_outputs(store: str, out: str, save_maps: str | None, create_parents: f
 
 
 def check_inputs(config: object, kind: str, root: str, categories: list[str] | None) -> None:
-    """The dataset lists at least one image, categories exist, and an SAA+ expert table loads."""
+    """The dataset lists at least one image, categories exist, and an SAA+ expert table / SAM-LAD object area
+    table loads."""
     from tasks.datasets import DatasetError, load_dataset
     from tasks.saa_plus.expert import ExpertError
+    from tasks.sam_lad.objects import ObjectTableError
 
     try:
         load_dataset(kind, root, categories)
@@ -110,7 +112,12 @@ def check_inputs(config: object, kind: str, root: str, categories: list[str] | N
             from tasks.saa_plus.plan import expert_table
 
             expert_table(config.expert_table, kind)
-    except (DatasetError, ExpertError) as exc:
+        if getattr(config, "object_areas", None) is not None:
+            from tasks.sam_lad import objects
+            from tasks.sam_lad.plan import is_synthetic
+
+            objects.load_table(objects.table_path(config.object_areas, kind, is_synthetic(root)))
+    except (DatasetError, ExpertError, ObjectTableError) as exc:
         raise UsageError(" ".join(str(exc).split())) from None
 
 

@@ -18,7 +18,7 @@ DEFAULT_ABLATE_OUT = "anomflow-out/ablation"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
 # Options shared by `run` and `ablate` (typer reads these markers as defaults; one definition each).
-DATASET = typer.Option(..., "--dataset", help="mvtec | visa | folder")
+DATASET = typer.Option(..., "--dataset", help="mvtec | visa | loco | digitanatomy | folder")
 ROOT = typer.Option(..., "--root", help="dataset root folder")
 CATEGORY = typer.Option(None, "--category", help="restrict to these categories (repeat)")
 STORE = typer.Option(DEFAULT_STORE, "--store", help="Zarr store: a local path or any fsspec URL")
@@ -124,7 +124,7 @@ def _connect_cluster(ctx: Any, option_address: str | None) -> None:
 
 
 def run(
-    method: str = typer.Argument(..., help="method to run: saa | saa-plus"),
+    method: str = typer.Argument(..., help="method to run: saa | saa-plus | sam-lad"),
     dataset: str = DATASET,
     root: str = ROOT,
     category: Optional[list[str]] = CATEGORY,

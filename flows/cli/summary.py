@@ -21,10 +21,14 @@ def print_summary(report: dict, report_path: str) -> None:
         typer.echo(f"  {stage['name']:<22} computed {stage['computed']:>5}  reused {stage['reused']:>5}  "
                    f"failed {stage['failed']:>3}  {stage['seconds']:7.2f} s" + detail_text(stage.get("detail")))
     if report["metrics"]:
-        keys = ["pixel_auroc", "pixel_f1_max", "pixel_aupro", "image_auroc"]
-        typer.echo(f"  {'category':<22}" + "".join(f"{k:>14}" for k in keys))
+        first = next(iter(report["metrics"].values()))
+        keys = (["pixel_auroc", "pixel_f1_max", "pixel_aupro", "image_auroc"] if "pixel_auroc" in first else
+                [k for k in ("image_auroc_mean", "auspro_0.05_mean", "image_auroc_logical", "auspro_0.05_logical")
+                 if k in first])   # MVTec LOCO
+        width = {k: max(14, len(k) + 2) for k in keys}
+        typer.echo(f"  {'category':<22}" + "".join(f"{k:>{width[k]}}" for k in keys))
         for cat, vals in report["metrics"].items():
-            typer.echo(f"  {cat:<22}" + "".join(f"{_pct(vals.get(k)):>14}" for k in keys))
+            typer.echo(f"  {cat:<22}" + "".join(f"{_pct(vals.get(k)):>{width[k]}}" for k in keys))
     for failure in report["failures"][:10]:
         typer.secho(f"  failed: {failure['path']}: {failure['reason']}", fg=typer.colors.RED)
     if len(report["failures"]) > 10:

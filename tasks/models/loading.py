@@ -26,6 +26,7 @@ from tasks.models.identity import (RANDOM_PREFIX, ModelIdentity, model_identity,
 if TYPE_CHECKING:  # pragma: no cover
     from tasks.models.clip import ClipAdapter
     from tasks.models.dinov2 import Dinov2Adapter
+    from tasks.models.featup import FeatUpAdapter
     from tasks.models.grounding_dino import GroundingDinoAdapter
     from tasks.models.sam import SamAdapter
     from tasks.models.wrn50 import Wrn50Adapter
@@ -58,8 +59,14 @@ def _build_clip(*args):
     return build_clip_adapter(*args)
 
 
+def _build_featup(*args):
+    from tasks.models.featup import build_featup_adapter
+    return build_featup_adapter(*args)
+
+
 _BUILDERS: dict[str, Callable[..., Any]] = {"sam": _build_sam, "grounding_dino": _build_grounding_dino,
-                                            "wrn50": _build_wrn50, "dinov2": _build_dinov2, "clip": _build_clip}
+                                            "wrn50": _build_wrn50, "dinov2": _build_dinov2, "clip": _build_clip,
+                                            "featup": _build_featup}
 
 
 # ---------------------------------------------------------------------------------------------------- memo
@@ -120,6 +127,12 @@ def load_clip(name: str, models_dir: str | Path | None = None, random_weights: b
               device: str = "cpu") -> "ClipAdapter":
     """The CLIP image/text adapter for ``name``."""
     return _load("clip", name, models_dir, random_weights, device)
+
+
+def load_featup(name: str, models_dir: str | Path | None = None, random_weights: bool = False,
+                device: str = "cpu") -> "FeatUpAdapter":
+    """The FeatUp JBU feature-upsampler adapter for ``name``."""
+    return _load("featup", name, models_dir, random_weights, device)
 
 
 def load_model(name: str, models_dir: str | Path | None = None, random_weights: bool = False, device: str = "cpu"):

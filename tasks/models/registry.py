@@ -33,6 +33,8 @@ _TIMM_URL = "https://github.com/rwightman/pytorch-image-models/releases/download
 # layout, which timm converts on load), pinned revision.
 _DINOV2_URL = "https://huggingface.co/timm/vit_small_patch14_dinov2.lvd142m/resolve/cace07adb9220de26eb51226ecbef6d04d35defe/"
 _OPEN_CLIP_URL = "https://github.com/mlfoundations/open_clip/releases/download/v0.2-weights/"
+# FeatUp's hubconf.py (use_norm=True: no "no_norm/" folder); the file is not versioned, so it is not pinned.
+_FEATUP_URL = "https://marhamilresearch4.blob.core.windows.net/feature-upsampling-public/pretrained/"
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ class Architecture:
     """A network shape without weights. ``tiny``: a small test stand-in, always seeded-random (no tags)."""
 
     name: str
-    family: str  # "sam" | "grounding_dino" | "wrn50" | "dinov2" | "clip"
+    family: str  # "sam" | "grounding_dino" | "wrn50" | "dinov2" | "clip" | "featup"
     arch: dict[str, Any] = field(hash=False)
     preprocess: Preprocess
     tiny_twin: str | None = None  # the tiny architecture that stands in when official weights are absent
@@ -142,6 +144,9 @@ _CLIP_B16_PLUS_240_ARCH = dict(
     embed_dim=640, quick_gelu=False,
     vision_cfg=dict(image_size=240, layers=12, width=896, patch_size=16),
     text_cfg=dict(context_length=77, vocab_size=49408, width=640, heads=10, layers=12))
+# FeatUp's JBUStack(384) for DINOv2 ViT-S/14 (featup/upsamplers.py): 4 x2 stages, radius 3, key dim 32, RGB guidance;
+# patch_size: the backbone's, to size the guidance (grid x 14 pixels).
+_FEATUP_JBU_DINOV2_ARCH = dict(feat_dim=384, key_dim=32, radius=3, stages=4, guidance_dim=3, patch_size=14)
 
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
     _sam("sam-vit-b", 768, 12, 12, (2, 5, 8, 11)),
@@ -181,6 +186,11 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
                vision_cfg=dict(image_size=64, layers=2, width=32, head_width=16, patch_size=16),
                text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=2)),
           Preprocess(64, CLIP_MEAN, CLIP_STD), "clip-vit-*"),
+    Architecture("featup-jbu-dinov2", "featup", _FEATUP_JBU_DINOV2_ARCH, Preprocess(224, IMAGENET_MEAN, IMAGENET_STD),
+                 tiny_twin="tiny-featup-jbu"),
+    _tiny("tiny-featup-jbu", "featup",
+          dict(feat_dim=32, key_dim=8, radius=3, stages=4, guidance_dim=3, patch_size=14),
+          Preprocess(112, IMAGENET_MEAN, IMAGENET_STD), "featup-jbu-dinov2 (sized for tiny-dinov2)"),
 )}
 
 
@@ -237,6 +247,11 @@ WEIGHT_TAGS: tuple[WeightTag, ...] = (
               (WeightFile("vit_b_16_plus_240-laion400m_e32-699c4b84.pt", None,
                           _OPEN_CLIP_URL + "vit_b_16_plus_240-laion400m_e32-699c4b84.pt"),),
               "open_clip ViT-B-16-plus-240, LAION-400M epoch 32"),
+    # torch.hub mhamilton723/FeatUp "dinov2" (use_norm=True); a Lightning checkpoint, only its upsampler.* is read.
+    WeightTag("featup-jbu-dinov2", "cocostuff", "featup-jbu-dinov2",
+              (WeightFile("dinov2_jbu_stack_cocostuff.ckpt", None, _FEATUP_URL + "dinov2_jbu_stack_cocostuff.ckpt"),),
+              "FeatUp JBU stack for DINOv2 ViT-S/14 with ChannelNorm, trained on COCO-Stuff "
+              "(mhamilton723/FeatUp, torch.hub dinov2, use_norm=True)"),
 )
 
 

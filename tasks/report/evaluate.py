@@ -59,8 +59,8 @@ def save_map(out_dir: str, rec: ImageRecord, anomaly_map: np.ndarray) -> str:
 
 def evaluate_categories(ctx: RunContext, run: RunState, maps: ArtifactRef | dict[str, ArtifactRef],
                         resolution: int | str, normalise: str, save_maps_dir: str | None,
-                        scores: ArtifactRef | None = None, previews: int = 4, with_pro: bool = True
-                        ) -> list[CategoryResult]:
+                        scores: ArtifactRef | None = None, previews: int = 4, with_pro: bool = True,
+                        max_fprs: tuple[float, ...] = (0.05, 0.1, 0.3, 1.0)) -> list[CategoryResult]:
     """Run the cached ``category_evaluation`` stage (one set item per category) and turn its items into results.
 
     maps: one artifact for every category, or one per category. scores: an optional per-image score artifact
@@ -69,20 +69,29 @@ def evaluate_categories(ctx: RunContext, run: RunState, maps: ArtifactRef | dict
     by_category: dict[str, list[ImageItem]] = defaultdict(list)
     for item in run.alive:
         by_category[item.record.category].append(item)
-    groups = {cat: ItemSet(f"category:{cat}", tuple(items), tuple(items)) for cat, items in by_category.items()}
-    params = {"normalise": normalise, "resolution": resolution, "pro": with_pro}
+    groups = {cat: ItemSet(f"category:{cat}", tuple(items), tuple(items), {"category": cat})
+              for cat, items in by_category.items()}
+    loco = run.dataset.kind == "loco"
+    if loco:   # MVTec LOCO: image AUROC and AUsPRO, logical / structural (tasks.report.loco_evaluation_stage)
+        from tasks.report.loco_evaluation_stage import defects_config_hash, loco_evaluation
+        stage, params = loco_evaluation, {"max_fprs": list(max_fprs), "curve_max_distance": 0.01,
+                                          "defects_config": {c: defects_config_hash(run.dataset.root, c)
+                                                             for c in sorted(groups)}}
+    else:
+        stage, params = category_evaluation, {"normalise": normalise, "resolution": resolution, "pro": with_pro}
     per_ref: dict[ArtifactRef, list[str]] = defaultdict(list)
     for cat in sorted(groups):
         per_ref[maps[cat] if isinstance(maps, dict) else maps].append(cat)
     results = []
     for ref, cats in per_ref.items():
-        evaluated = category_evaluation(ctx, params=params, upstream={"maps": ref, "scores": scores},
-                                        sets=[groups[c] for c in cats])
+        evaluated = stage(ctx, params=params, upstream={"maps": ref, **({} if loco else {"scores": scores})},
+                          sets=[groups[c] for c in cats])
         run.absorb(ctx, evaluated)
         view, map_view = ctx.store.open(evaluated.ref), ctx.store.open(ref)
         for cat in cats:
             item = groups[cat].item(evaluated.ref.side)
             if view.has(item):
+                run.notes.extend(view.meta(item).get("notes", []))
                 results.append(_category_result(cat, view.read(item), groups[cat], ref, map_view, previews,
                                                 save_maps_dir))
     return sorted(results, key=lambda r: r.category)

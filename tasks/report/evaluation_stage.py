@@ -42,6 +42,8 @@ def ground_truth(image: ImageItem, resolution: int | str) -> np.ndarray | None:
         return None
     hw = image_size(rec.path)
     size = hw if resolution == "native" else (resolution, resolution)
+    if rec.label == 1 and not rec.mask_path:   # image labels only (DigitAnatomy): no pixel metrics
+        return None
     if rec.label == 0 or not rec.mask_path:
         return np.zeros(size, bool)
     mask_sha = image.side_hash("mask")
@@ -92,6 +94,8 @@ def _evaluate(call: StageCall, group: ItemSet) -> ItemData:
     if call.has("scores"):                              # an image-score artifact replaces the map maximum
         scores = np.array([call.read("scores", m).arrays["score"] for m in kept], np.float32).reshape(-1)
     labels = np.array([-1 if m.record.label is None else m.record.label for m in kept], np.int8)
+    if values is None and kept and (labels >= 0).all():   # labelled images without pixel ground truth
+        values = {}
     if values is not None:
         values.update(metrics.image_metrics(scores, labels))
     return ItemData({"scores": scores, "labels": labels},
@@ -100,7 +104,7 @@ def _evaluate(call: StageCall, group: ItemSet) -> ItemData:
                      "constant_maps": bool(norm is not None and hi <= lo), "failures": failures})
 
 
-@declare_stage("category_evaluation", 2, params=("normalise", "resolution", "pro"), upstream=("maps", "scores?"),
+@declare_stage("category_evaluation", 3, params=("normalise", "resolution", "pro"), upstream=("maps", "scores?"),
                produces="set", side_inputs=("mask",))
 def category_evaluation(call: StageCall, batch: list[WorkItem]) -> list[ItemData]:
     """Each item: one category's image scores and exact metrics (module docstring)."""

@@ -58,14 +58,17 @@ def _note_constant_maps(state: RunState, categories: list[CategoryResult],
 
 
 def finish_run(ctx: RunContext, state: RunState, maps: ArtifactRef | dict[str, ArtifactRef], resolution: int,
-               normalise: str, out_dir: str, save_maps_dir: str | None) -> dict[str, Any]:
+               normalise: str, out_dir: str, save_maps_dir: str | None,
+               max_fprs: tuple[float, ...] = (0.05, 0.1, 0.3, 1.0)) -> dict[str, Any]:
     """Evaluate per category (ground truth where it exists), write the reports, mark the run complete.
 
     maps: one artifact for every category, or one per category (methods whose parameters are per category).
+    max_fprs: the AUsPRO integration limits of an MVTec LOCO evaluation.
     """
     evaluation_started = time.perf_counter()
     try:
-        categories = evaluate_categories(ctx, state, maps, resolution, normalise, save_maps_dir)
+        categories = evaluate_categories(ctx, state, maps, resolution, normalise, save_maps_dir,
+                                         max_fprs=tuple(max_fprs))
     except OSError as exc:
         raise _kept(ctx, state, f"could not write the maps to {save_maps_dir}", exc) from None
     _note_constant_maps(state, categories, maps)

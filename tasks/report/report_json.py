@@ -27,6 +27,19 @@ TINY_WARNING = ("made with tiny-* seeded random-weight stand-ins or --random-wei
                 "maps and metrics say nothing about the method")
 
 
+def metric_keys(per_category: dict[str, dict]) -> list[str]:
+    """The reported metrics: MVTec AD's fixed set, or (MVTec LOCO) the keys the evaluation produced, in order."""
+    found = list(dict.fromkeys(k for values in per_category.values() for k in values))
+    if not found or any(k in METRIC_KEYS for k in found):
+        return list(METRIC_KEYS)
+    return found
+
+
+def loco_definitions(keys: list[str]) -> dict[str, str]:
+    from tasks.report.loco_evaluation_stage import metric_definition
+    return {k: metric_definition(k) for k in keys if k not in METRIC_DEFINITIONS}
+
+
 def detail_text(detail: dict[str, int] | None) -> str:
     """A stage's counts beyond images, e.g. ' (boxes decoded 17, boxes from memo 2117)'; '' when it has none."""
     counts = ", ".join(f"{name.replace('_', ' ')} {count}" for name, count in (detail or {}).items())
@@ -39,12 +52,13 @@ def build_report(method: str, config: dict, models: list[dict], dataset: dict, c
                  timings: dict[str, float] | None = None, executor: dict | None = None) -> dict:
     """executor: where the stage batches ran ({"kind": "dask", address, workers, ...}); None = this process."""
     per_cat = {c.category: c.metrics for c in categories if c.metrics is not None}
-    metrics: dict[str, Any] = {k: {m: v.get(m) for m in METRIC_KEYS} for k, v in per_cat.items()}
+    keys = metric_keys(per_cat)
+    metrics: dict[str, Any] = {k: {m: v.get(m) for m in keys} for k, v in per_cat.items()}
     mean_covers: dict[str, list[str]] = {}
     if per_cat:
-        metrics["mean"] = {m: metrics_mod.mean_metrics(per_cat).get(m) for m in METRIC_KEYS}
+        metrics["mean"] = {m: metrics_mod.mean_metrics(per_cat).get(m) for m in keys}
         # a metric undefined for a category (e.g. AUROC without anomalous images) leaves it out of that mean
-        mean_covers = {m: sorted(c for c, v in per_cat.items() if v.get(m) is not None) for m in METRIC_KEYS}
+        mean_covers = {m: sorted(c for c, v in per_cat.items() if v.get(m) is not None) for m in keys}
     all_failures = dict(failures)
     for c in categories:
         all_failures.update(c.failures)
@@ -62,7 +76,7 @@ def build_report(method: str, config: dict, models: list[dict], dataset: dict, c
         "dataset": dataset,
         "metrics": metrics,
         "mean_covers": mean_covers,
-        "metric_definitions": METRIC_DEFINITIONS,
+        "metric_definitions": {k: v for k, v in {**METRIC_DEFINITIONS, **loco_definitions(keys)}.items() if k in keys},
         "images": [img for c in categories for img in c.images],
         "failures": [{"path": p, "reason": r} for p, r in sorted(all_failures.items())],
         "stages": [{"name": s.name, "computed": s.computed, "reused": s.reused, "failed": s.failed,

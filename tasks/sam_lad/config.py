@@ -50,6 +50,7 @@ class SAMLADConfig(StrictModel):
     pool_inside_mask: bool = True                            # GMP over the object's own positions only
     # --- OMM (§4.7)
     dustbin_z: float = 0.5                                   # SuperGlue's learned bin score is not for cosines
+    match_temperature: float = Field(0.1, gt=0.0)            # scores and z / T before Sinkhorn (T = 1: paper literal)
     sinkhorn_iterations: int = Field(100, ge=1, le=10000)
     match_threshold: float = Field(0.2, ge=0.0, le=1.0)
     match_rule: Literal["any", "all", "majority"] = "any"    # unmatched w.r.t. any / all / most references
