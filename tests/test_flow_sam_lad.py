@@ -154,7 +154,7 @@ def test_empty_train_good_fails_that_category_only(tmp_path, models_dir):
     from tasks.datasets.synth_loco import write_synthetic_loco
 
     root = str(tmp_path / "data")
-    names = write_synthetic_loco(root, categories=2, train=3, validation=1, test=4, seed=1, size=(80, 64))
+    names = write_synthetic_loco(root, categories=2, train=3, validation=1, test=5, seed=1, size=(80, 64))
     train = os.path.join(root, names[0], "train", "good")
     for name in os.listdir(train):
         os.remove(os.path.join(train, name))

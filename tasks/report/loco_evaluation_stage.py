@@ -67,6 +67,21 @@ def metric_definition(key: str) -> str:
             f"divided by {limit}")
 
 
+def _image_auroc_only(kept: list[ImageItem], scores: np.ndarray, max_fprs: list[float]) -> dict:
+    """The result layout of ``evaluate_loco_category`` with image AUROC only (a category without defects_config)."""
+    from sklearn.metrics import roc_auc_score
+    kinds = np.array([m.record.defect_type for m in kept])
+    auroc: dict[str, float | None] = {}
+    for kind, name in zip(KINDS, ("logical", "structural")):
+        chosen = (kinds == "good") | (kinds == kind)
+        labels = kinds[chosen] == kind
+        auroc[name] = float(roc_auc_score(labels, scores[chosen])) if 0 < labels.sum() < len(labels) else None
+    both = [auroc["logical"], auroc["structural"]]
+    auroc["mean"] = None if None in both else 0.5 * (both[0] + both[1])
+    return {"image_auroc": auroc, "auspro": {str(float(m)): {} for m in max_fprs},
+            "undefined": {"auspro": "no defects_config.json"}, "thresholds": {}, "curves": {}}
+
+
 def _evaluate(call: StageCall, group: ItemSet) -> ItemData:
     p = call.params
     category = group.payload["category"]
@@ -94,9 +109,12 @@ def _evaluate(call: StageCall, group: ItemSet) -> ItemData:
             yield metrics_loco.LocoImage(m.record.defect_type, view.read(call.item_of("maps", m)).arrays["map"],
                                          _channels(m, defects), name=m.record.relpath)
 
-    result = metrics_loco.evaluate_loco_category(images, max_fprs=tuple(p["max_fprs"]),
-                                                 curve_max_distance=p["curve_max_distance"])
     scores = np.array([float(view.read(call.item_of("maps", m)).arrays["map"].max()) for m in kept], np.float32)
+    if defects is not None:
+        result = metrics_loco.evaluate_loco_category(images, max_fprs=tuple(p["max_fprs"]),
+                                                     curve_max_distance=p["curve_max_distance"])
+    else:   # no saturation rules: image AUROC only
+        result = _image_auroc_only(kept, scores, p["max_fprs"])
     labels = np.array([m.record.label for m in kept], np.int8)
     return ItemData({"scores": scores, "labels": labels},
                     {"members": [m.image_id for m in kept], "metrics": flat_metrics(result, defects is not None),
