@@ -17,8 +17,10 @@ def sam_lad_flow(config: SAMLADConfig, ctx: RunContext, dataset: DatasetSpec, ou
                  save_maps_dir: str | None = None) -> dict:
     ctx = ctx.started()
     dataset = dataclasses.replace(dataset, support_splits=plan.support_splits(config))
+    config, notes = plan.resolve_upsampler(config, ctx)
     run = start_run(ctx, "sam-lad", config.model_dump(mode="json"), dataset, plan.model_names(config),
                     plan.side_inputs(config))
+    run.notes.extend(notes)
     maps = plan.chain(ctx, run, config, dataset.kind, plan.is_synthetic(dataset.root))
     return finish_run(ctx, run, maps, config.eval_resolution, config.normalise, out_dir, save_maps_dir,
                       tuple(config.max_fprs))

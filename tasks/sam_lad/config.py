@@ -42,7 +42,9 @@ class SAMLADConfig(StrictModel):
     object_areas: str = "auto"    # auto (by --dataset) | none | path to a YAML table: per-category area fractions
     max_objects: int = Field(64, ge=1, le=1024)              # largest objects kept after the area filter
     # --- upsampling (§4.4)
-    upsampler: Literal["featup", "joint_bilateral", "bilinear"] = "featup"   # featup falls back: see README
+    # auto: FeatUp's JBU when its weights are in the models folder (or --random-weights), else the non-learned
+    # joint bilateral substitute (a note says so); featup: FeatUp or an error (tiny-featup-jbu with --allow-tiny)
+    upsampler: Literal["auto", "featup", "joint_bilateral", "bilinear"] = "auto"
     upsample_factor: Literal[1, 2, 4, 8, 16] = 8             # x8 [P]; x1 / x2 are the paper's Table 7 rows
     # --- DCGA (§4.6)
     dcga_mode: Literal["residual", "literal", "gmp", "gap"] = "residual"

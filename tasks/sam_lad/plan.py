@@ -26,6 +26,21 @@ from tasks.stages.sam import image_embedding
 from tasks.stages.sam_auto import DEFAULT_PARAMS as AMG_DEFAULTS, sam_automatic_masks
 
 
+def resolve_upsampler(config: SAMLADConfig, ctx: RunContext) -> tuple[SAMLADConfig, list[str]]:
+    """``upsampler=auto`` -> featup when FeatUp's official weights are present (or random weights are asked
+    for), else joint_bilateral, with a note for the report."""
+    if config.upsampler != "auto":
+        return config, []
+    from tasks.models.registry import get_spec
+    from tasks.models.resolve import official_present
+    spec = get_spec(config.models.upsampler)
+    if ctx.random_weights or (not spec.tiny and official_present(spec.name, ctx.models_dir)):
+        return config.model_copy(update={"upsampler": "featup"}), []
+    note = (f"upsampler: {config.models.upsampler} weights not found in {ctx.models_dir}: using the non-learned "
+            "joint bilateral upsampler (a substitute for FeatUp's JBU, not FeatUp)")
+    return config.model_copy(update={"upsampler": "joint_bilateral"}), [note]
+
+
 def model_names(config: SAMLADConfig) -> list[str]:
     m = config.models
     return [m.backbone] + [m.sam] * (config.object_source == "sam") + \
