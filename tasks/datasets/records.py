@@ -25,10 +25,11 @@ class ImageRecord:
     relpath: path relative to the dataset root, in the official layout
         (e.g. ``bottle/test/broken_large/000.png``); reused to lay out saved maps.
     category: product category (``bottle``, ``pcb1``, or the folder name for plain folders).
-    split: ``train`` or ``test``.
+    split: ``train``, ``validation`` (MVTec LOCO) or ``test``.
     label: 0 normal, 1 anomalous, None when unknown (plain folders).
     defect_type: ``good``, a defect folder name, or ``""`` when unknown.
-    mask_path: absolute path of the ground-truth mask, None for normal or unlabelled images.
+    mask_path: absolute path of the ground-truth mask (MVTec LOCO: the directory of its channel PNGs), None for
+        normal or unlabelled images and for datasets with image labels only (DigitAnatomy).
     """
 
     path: str
