@@ -12,7 +12,7 @@ import argparse
 import os
 from pathlib import Path
 
-from flows.methods import method_table
+from flows.methods import method_entry
 from tasks.config import apply_overrides
 from tasks.engine.context import RunContext
 from tasks.engine.run_state import DatasetSpec
@@ -22,7 +22,7 @@ from tasks.models.registry import default_models_dir
 def build_deployment(method: str, root: str, cron: str, store: str, out: str, overrides: list[str],
                      models_dir: str | None = None, name: str | None = None):
     """A RunnerDeployment of ``method`` over the folder ``root`` on the given cron schedule."""
-    config_cls, flow_fn = method_table()[method]
+    config_cls, flow_fn = method_entry(method)
     config = apply_overrides(config_cls(), overrides)
     ctx = RunContext(store_url=store, models_dir=str(models_dir or default_models_dir()),
                      dataset_root=os.path.abspath(root), batch_size=config.batch_size, progress=False,

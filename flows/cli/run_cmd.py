@@ -54,7 +54,7 @@ def execute(method: str, dataset: str, root: str, categories: list[str] | None, 
     from flows.cli.prefect_server import choose_prefect_api
 
     api_note = choose_prefect_api()   # before Prefect is imported: its settings are read on import
-    from flows.methods import method_table
+    from flows.methods import METHODS, method_entry
     from tasks.config import ConfigError, apply_overrides
     from tasks.datasets.records import DatasetError
     from tasks.engine.context import RunContext
@@ -67,10 +67,9 @@ def execute(method: str, dataset: str, root: str, categories: list[str] | None, 
     from tasks.saa_plus.expert import ExpertError
 
     dataset = dataset.strip().lower()
-    table = method_table()
-    if method not in table:
-        fail_usage(f"unknown method {method!r}; available: {', '.join(sorted(table))}")
-    config_cls, flow_fn = table[method]
+    if method not in METHODS:
+        fail_usage(f"unknown method {method!r}; available: {', '.join(sorted(METHODS))}")
+    config_cls, flow_fn = method_entry(method)
     flow_fn = flow_override or flow_fn
     models_dir = str(models_dir or default_models_dir())
     try:
