@@ -7,7 +7,6 @@ from tasks.engine.context import RunContext
 from tasks.engine.run_state import DatasetSpec, start_run
 from tasks.sam_lad import calibrate, objects
 from tasks.sam_lad.config import SAMLADConfig
-from tasks.sam_lad.plan import is_synthetic
 
 
 @flow(name="calibrate-sam-lad", persist_result=False)
@@ -16,7 +15,7 @@ def calibrate_sam_lad_flow(config: SAMLADConfig, ctx: RunContext, dataset: Datas
     """SAM automatic masks of train/good (cached), then per-category area bounds written to ``out_table``."""
     ctx = ctx.started()
     run = start_run(ctx, "calibrate-sam-lad", config.model_dump(mode="json"), dataset, [config.models.sam])
-    table = objects.load_table(objects.table_path(config.object_areas, dataset.kind, is_synthetic(dataset.root)))
+    table = objects.load_table(objects.table_path(config.object_areas, dataset.kind, objects.is_synthetic(dataset.root)))
     results = calibrate.calibrate(calibrate.mask_areas(ctx, run, config), table, expected)
     objects.write_table(out_table, {r.category: r.rule for r in results},
                         f"anomflow calibrate sam-lad on {dataset.root} (train/good), SAM {config.models.sam}")

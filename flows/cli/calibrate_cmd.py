@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from flows.cli.run_cmd import ALLOW_TINY, CATEGORY, DATASET, DEVICE, MODELS_DIR, OVERRIDES, RANDOM_WEIGHTS, ROOT, \
-    STORE, fail_usage
+from flows.cli.run_cmd import ALLOW_TINY, CATEGORY, DATASET, DEFAULT_STORE as STORE_DEFAULT, DEVICE, MODELS_DIR, \
+    OVERRIDES, RANDOM_WEIGHTS, ROOT, STORE, fail_usage
 
 
 def calibrate(
@@ -26,7 +26,7 @@ def calibrate(
     device: str = DEVICE,
 ) -> None:
     """Pick per-category min/max object areas so that normal images yield the expected object count."""
-    from flows.cli.preflight import UsageError, check_inputs, open_store
+    from flows.cli.preflight import UsageError, check_inputs, check_store, open_store
     from flows.cli.prefect_server import choose_prefect_api
 
     if method != "sam-lad":
@@ -48,10 +48,13 @@ def calibrate(
         config, notes = resolve_models(apply_overrides(SAMLADConfig(), overrides or []), models_dir, allow_tiny,
                                        random_weights)
         check_inputs(config, dataset, root, category)
-        open_store(store)
         parent = os.path.dirname(os.path.abspath(out))
         if not os.path.isdir(parent):
             raise UsageError(f"--out {out}: folder {parent} does not exist")
+        if os.path.isdir(out):
+            raise UsageError(f"--out {out}: is a folder; name the YAML file to write")
+        check_store(store, store == STORE_DEFAULT)
+        open_store(store)
     except (ConfigError, KeyError, UsageError) as exc:
         fail_usage(str(exc).strip("'\""))
     for note in notes:

@@ -114,9 +114,8 @@ def check_inputs(config: object, kind: str, root: str, categories: list[str] | N
             expert_table(config.expert_table, kind)
         if getattr(config, "object_areas", None) is not None:
             from tasks.sam_lad import objects
-            from tasks.sam_lad.plan import is_synthetic
 
-            objects.load_table(objects.table_path(config.object_areas, kind, is_synthetic(root)))
+            objects.load_table(objects.table_path(config.object_areas, kind, objects.is_synthetic(root)))
     except (DatasetError, ExpertError, ObjectTableError) as exc:
         raise UsageError(" ".join(str(exc).split())) from None
 

@@ -43,7 +43,7 @@ def mask_areas(ctx: RunContext, run: RunState, config: SAMLADConfig) -> dict[str
     for item in run.alive:
         stored = view.read(item.image_id, names=["masks"]).arrays["masks"]
         total = float(stored.shape[1] * stored.shape[2]) if stored.ndim == 3 else 1.0
-        areas[item.record.category].append(stored.reshape(len(stored), -1).sum(1) / total)
+        areas[item.record.category].append(stored.reshape(stored.shape[0], -1 if len(stored) else 0).sum(1) / total)
     return dict(areas)
 
 

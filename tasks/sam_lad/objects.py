@@ -43,6 +43,18 @@ class AreaRule:
                 "whole_image": self.whole_image}
 
 
+def is_synthetic(root: str) -> bool:
+    """anomflow's synthetic writers leave a marker file in each category folder (or the root): their object
+    table applies."""
+    from tasks.datasets.synth import MARKER
+    if os.path.exists(os.path.join(root, MARKER)):
+        return True
+    try:
+        return any(os.path.exists(os.path.join(root, name, MARKER)) for name in os.listdir(root))
+    except OSError:
+        return False
+
+
 def table_path(choice: str, dataset_kind: str, synthetic: bool = False) -> Path | None:
     """auto -> the built-in table of the dataset kind (the synthetic table for anomflow's synthetic sets); none ->
     no table (keep every mask); anything else is a path."""
@@ -104,7 +116,9 @@ def calibrate_bounds(areas_per_image: list[np.ndarray], expected: int) -> tuple[
     if len(values) == 0:
         return AreaRule(0.0, 1.0, expected), 0.0
     # candidate bounds: midpoints (geometric) between neighbouring observed areas, plus the extremes
-    mids = np.sqrt(values[:-1] * values[1:]) if len(values) > 1 else np.zeros(0)
+    # (arithmetic next to a zero area, whose geometric midpoint would be 0 and never exclude it)
+    mids = np.where(values[:-1] > 0, np.sqrt(values[:-1] * values[1:]), values[1:] / 2) if len(values) > 1 \
+        else np.zeros(0)
     lows = np.concatenate([[0.0], mids])
     highs = np.concatenate([mids, [1.0]])
     best, best_key = (0.0, 1.0), (-1.0, -np.inf)

@@ -16,6 +16,7 @@ from tasks.engine.context import ImageItem, RunContext
 from tasks.engine.run_state import RunState
 from tasks.engine.runner import StageResult
 from tasks.sam_lad import objects as object_tables
+from tasks.sam_lad.objects import is_synthetic  # noqa: F401 (the flow's wiring reads it here)
 from tasks.sam_lad.config import SAMLADConfig
 from tasks.sam_lad.stages_bank import bank_set, memory_bank, nearest_references, references_set
 from tasks.sam_lad.stages_match import match_set, object_matching, object_scores, sam_lad_map
@@ -188,9 +189,3 @@ def _score_category(ctx: RunContext, plan: Plan, config: SAMLADConfig, table, ca
     plan.run.absorb(ctx, result)
     return result.ref
 
-
-def is_synthetic(root: str) -> bool:
-    """anomflow's synthetic writers leave a marker file in the root (their object tables apply)."""
-    import os
-    from tasks.datasets.synth import MARKER
-    return os.path.exists(os.path.join(root, MARKER))

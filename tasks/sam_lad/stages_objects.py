@@ -72,7 +72,7 @@ def object_descriptors(call: StageCall, batch: list[WorkItem]) -> list[ItemData]
     for w in batch:
         masks = _object_masks(call, w, p["whole_image"])
         total = float(masks.shape[1] * masks.shape[2])
-        areas = masks.reshape(len(masks), -1).sum(1) / total
+        areas = masks.reshape(masks.shape[0], -1 if len(masks) else 0).sum(1) / total
         inside = np.nonzero((areas >= p["min_area_fraction"]) & (areas <= p["max_area_fraction"]))[0]
         kept = inside[np.argsort(-areas[inside], kind="stable")][: p["max_objects"]]
         kept = np.sort(kept)
