@@ -63,6 +63,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=2, help="images per batch (a batch is a worker's unit)")
     ap.add_argument("--out", default=str(HERE / "results" / "dask.json"))
     ap.add_argument("--keep", help="work folder to keep (default: a temp folder)")
+    ap.add_argument("--skip-single", action="store_true",
+                    help="leave out the single-process arm (the target compares the two Dask arms)")
     ap.add_argument("--retain-heap", action="store_true",
                     help=f"every arm (and its workers) keeps freed memory instead of unmapping it: {RETAIN_HEAP}")
     args = ap.parse_args()
@@ -73,13 +75,16 @@ def main() -> None:
     data = os.path.join(work, "data")
     write_synthetic_mvtec(data, categories=2, images=max(1, args.images // 2), seed=0, size=256)
     env_extra = RETAIN_HEAP if args.retain_heap else {}
-    arms = {name: run_arm(name, extra, data, work, args.batch_size, env_extra) for name, extra in ARMS.items()}
-    one, two, single = arms["dask_1_worker"], arms["dask_2_workers"], arms["single_process"]
+    chosen = {n: e for n, e in ARMS.items() if not (args.skip_single and n == "single_process")}
+    arms = {name: run_arm(name, extra, data, work, args.batch_size, env_extra) for name, extra in chosen.items()}
+    one, two, single = arms["dask_1_worker"], arms["dask_2_workers"], arms.get("single_process")
     ratios = {"1 worker / 2 workers (stage time)": one["stage_s"] / two["stage_s"],
               "1 worker / 2 workers (image_embedding)": one["image_embedding_s"] / two["image_embedding_s"],
               "1 worker / 2 workers (process wall)": one["process_wall_s"] / two["process_wall_s"],
-              "single process / 2 workers (stage time)": single["stage_s"] / two["stage_s"]}
-    result = {"images": 2 * max(1, args.images // 2), "image_size": 256, "batch_size": args.batch_size,
+              **({"single process / 2 workers (stage time)": single["stage_s"] / two["stage_s"]} if single else {})}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=HERE.parent).stdout.strip()
+    result = {"commit": commit, "images": 2 * max(1, args.images // 2), "image_size": 256, "batch_size": args.batch_size,
               "model": "sam-vit-b (random weights)", "threads_per_worker": 1, "cpus": os.cpu_count(),
               "allocator": env_extra or "glibc defaults (Dask workers: MALLOC_TRIM_THRESHOLD_=65536)",
               "machine": platform.processor() or platform.machine(), "arms": list(arms.values()),
