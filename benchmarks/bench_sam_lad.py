@@ -36,8 +36,8 @@ PAPER = {"fps": 8.9, "gflops": 54.7, "hardware": "1x NVIDIA A100 40 GB, Xeon Gol
          "note": "the paper's 8.9 FPS is on an A100 at full MVTec LOCO size (1600 x 1280) with the trained weights; "
                  "this benchmark runs random (or tiny) weights on CPU, so its seconds are not comparable to that "
                  "figure, and the paper's metrics cannot be reproduced without the weights"}
-# tiny-sam's random masks never pass SAM's default IoU / stability thresholds; an image with no mask fails
-# object_descriptors, so both are 0 here, and 8 x 8 prompts keep the tiny run short
+# tiny-sam's random masks never pass SAM's default IoU / stability thresholds (an image without masks has no
+# objects and scores 0), so both are 0 here; 8 x 8 prompts keep the tiny run short
 TINY_SETTINGS = {"mask_generator.points_per_side": 8, "mask_generator.pred_iou_thresh": 0.0,
                  "mask_generator.stability_score_thresh": 0.0}
 FULL_MODELS = {"models.sam": "sam-vit-h", "models.backbone": "dinov2-vit-s-14",
