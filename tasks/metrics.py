@@ -18,7 +18,6 @@ from typing import NamedTuple
 
 import cv2
 import numpy as np
-from scipy import ndimage
 
 PIXEL_KEYS = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro")
 IMAGE_KEYS = ("image_auroc", "image_ap", "image_f1_max")
@@ -118,6 +117,7 @@ def _pro_points(r: _Ranking, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     1/(num_components * area_c) to PRO. Returns (fpr, pro), G+1 floats each, starting at
     (0, 0) with ascending fpr; None when there is no component or no normal pixel.
     """
+    from scipy import ndimage   # imported when needed: a warm run never labels components
     components, n_components = ndimage.label(masks, structure=_PLANE_8)
     if n_components == 0 or r.n_neg == 0:
         return None

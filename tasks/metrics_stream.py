@@ -25,7 +25,6 @@ from collections.abc import Iterable, Sequence
 from typing import BinaryIO
 
 import numpy as np
-from scipy import ndimage
 
 PIXEL_KEYS = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro")
 
@@ -81,6 +80,7 @@ def _spill(pairs: Iterable[tuple[np.ndarray, np.ndarray]], fh: BinaryIO) -> tupl
             raise ValueError("anomaly maps contain NaN or infinite values")
         if score_map.size >= 2**32:
             raise ValueError("an image with 2**32 or more pixels is not supported")
+        from scipy import ndimage   # imported when needed: a warm run never labels components
         labels, count = ndimage.label(mask.astype(bool, copy=False), structure=_EIGHT)
         area = np.bincount(labels.ravel(), minlength=count + 1)
         area[0] = 0  # background: normal pixels

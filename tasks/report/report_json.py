@@ -36,8 +36,11 @@ def metric_keys(per_category: dict[str, dict]) -> list[str]:
 
 
 def loco_definitions(keys: list[str]) -> dict[str, str]:
+    others = [k for k in keys if k not in METRIC_DEFINITIONS]
+    if not others:
+        return {}
     from tasks.report.loco_evaluation_stage import metric_definition
-    return {k: metric_definition(k) for k in keys if k not in METRIC_DEFINITIONS}
+    return {k: metric_definition(k) for k in others}
 
 
 def detail_text(detail: dict[str, int] | None) -> str:

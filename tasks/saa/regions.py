@@ -5,7 +5,6 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
-from scipy import ndimage
 
 from tasks.models.captions import normalize_caption
 
@@ -87,6 +86,7 @@ def oracle_boxes(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     mask: H x W bool. Returns boxes N x 4 xyxy pixels with exclusive max corner, scores N.
     """
+    from scipy import ndimage   # imported when needed: a warm run never labels components
     labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
     boxes = []
     for sl in ndimage.find_objects(labels):
