@@ -21,6 +21,6 @@ def sam_lad_flow(config: SAMLADConfig, ctx: RunContext, dataset: DatasetSpec, ou
     run = start_run(ctx, "sam-lad", config.model_dump(mode="json"), dataset, plan.model_names(config),
                     plan.side_inputs(config))
     run.notes.extend(notes)
-    maps = plan.chain(ctx, run, config, dataset.kind, plan.is_synthetic(dataset.root))
+    maps, map_items = plan.chain(ctx, run, config, dataset.kind, plan.is_synthetic(dataset.root))
     return finish_run(ctx, run, maps, config.eval_resolution, config.normalise, out_dir, save_maps_dir,
-                      tuple(config.max_fprs))
+                      tuple(config.max_fprs), map_items)

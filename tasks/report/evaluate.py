@@ -60,12 +60,14 @@ def save_map(out_dir: str, rec: ImageRecord, anomaly_map: np.ndarray) -> str:
 def evaluate_categories(ctx: RunContext, run: RunState, maps: ArtifactRef | dict[str, ArtifactRef],
                         resolution: int | str, normalise: str, save_maps_dir: str | None,
                         scores: ArtifactRef | None = None, previews: int = 4, with_pro: bool = True,
-                        max_fprs: tuple[float, ...] = (0.05, 0.1, 0.3, 1.0)) -> list[CategoryResult]:
+                        max_fprs: tuple[float, ...] = (0.05, 0.1, 0.3, 1.0),
+                        map_items: dict[str, str] | None = None) -> list[CategoryResult]:
     """Run the cached ``category_evaluation`` stage (one set item per category) and turn its items into results.
 
     maps: one artifact for every category, or one per category. scores: an optional per-image score artifact
     (``score`` scalar per image) used instead of each map's maximum. Saved maps and previews read only the maps
-    they show."""
+    they show. map_items: {image id: item id} when the maps artifact does not key its items by image (its ids
+    enter the evaluation's key, per category)."""
     by_category: dict[str, list[ImageItem]] = defaultdict(list)
     for item in run.alive:
         by_category[item.record.category].append(item)
@@ -84,7 +86,10 @@ def evaluate_categories(ctx: RunContext, run: RunState, maps: ArtifactRef | dict
         per_ref[maps[cat] if isinstance(maps, dict) else maps].append(cat)
     results = []
     for ref, cats in per_ref.items():
-        evaluated = stage(ctx, params=params, upstream={"maps": ref, **({} if loco else {"scores": scores})},
+        mapped = {m.image_id: map_items[m.image_id] for c in cats for m in groups[c].members
+                  if map_items and m.image_id in map_items}
+        evaluated = stage(ctx, params={**params, "map_items": mapped},
+                          upstream={"maps": ref, **({} if loco else {"scores": scores})},
                           sets=[groups[c] for c in cats])
         run.absorb(ctx, evaluated)
         view, map_view = ctx.store.open(evaluated.ref), ctx.store.open(ref)
@@ -93,12 +98,12 @@ def evaluate_categories(ctx: RunContext, run: RunState, maps: ArtifactRef | dict
             if view.has(item):
                 run.notes.extend(view.meta(item).get("notes", []))
                 results.append(_category_result(cat, view.read(item), groups[cat], ref, map_view, previews,
-                                                save_maps_dir))
+                                                save_maps_dir, mapped))
     return sorted(results, key=lambda r: r.category)
 
 
 def _category_result(category: str, data, group: ItemSet, maps: ArtifactRef, map_view, previews: int,
-                     save_maps_dir: str | None) -> CategoryResult:
+                     save_maps_dir: str | None, map_items: dict[str, str]) -> CategoryResult:
     meta = data.meta
     by_id = {m.image_id: m for m in group.members}
     norm = tuple(meta["norm"]) if meta["norm"] else None
@@ -110,7 +115,8 @@ def _category_result(category: str, data, group: ItemSet, maps: ArtifactRef, map
         rec = item.record
         result.images.append({"id": item.image_id, "path": rec.path, "category": rec.category,
                               "label": rec.label, "score": float(score)})
-    read = (lambda item: normalised(map_view.read(image_item(maps, item)).arrays["map"], norm))
+    read = (lambda item: normalised(map_view.read(map_items.get(item.image_id) or image_item(maps, item))
+                                    .arrays["map"], norm))
     for n in np.argsort(-image_scores, kind="stable")[:previews]:
         result.previews.append((kept[n].record, read(kept[n])))
     if save_maps_dir:   # at the image's own size: the official MVTec AD / LOCO scripts accept no other

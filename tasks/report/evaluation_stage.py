@@ -51,6 +51,12 @@ def ground_truth(image: ImageItem, resolution: int | str) -> np.ndarray | None:
     return mask if resolution == "native" else metrics.resize_mask(mask, resolution)
 
 
+def map_item(call: StageCall, image: ImageItem) -> str:
+    """Where the maps artifact holds ``image``'s map: its item by image, or ``map_items`` (SAM-LAD keys maps by
+    query and references)."""
+    return call.params["map_items"].get(image.image_id) or call.item_of("maps", image)
+
+
 def normalised(raw: np.ndarray, norm: tuple[float, float] | None) -> np.ndarray:
     """One map scaled by its category's (lo, hi) (``fusion.scale_to_unit``), or as it is without normalisation."""
     return raw if norm is None else fusion.scale_to_unit(raw, *norm)
@@ -68,7 +74,7 @@ def _evaluate(call: StageCall, group: ItemSet) -> ItemData:
             failures[m.image_id] = f"ground truth {exc.path}: {exc.reason}"
     kept = [m for m in members if m.image_id not in failures]
     maps = call.ctx.store.open(call.refs["maps"], cache_bytes=MAP_CACHE_BYTES)
-    read_map = (lambda m: maps.read(call.item_of("maps", m)).arrays["map"])
+    read_map = (lambda m: maps.read(map_item(call, m)).arrays["map"])
     lo = hi = None
     for m in kept:                                      # pass 1: the category's min and max
         raw = read_map(m)
@@ -104,7 +110,8 @@ def _evaluate(call: StageCall, group: ItemSet) -> ItemData:
                      "constant_maps": bool(norm is not None and hi <= lo), "failures": failures})
 
 
-@declare_stage("category_evaluation", 3, params=("normalise", "resolution", "pro"), upstream=("maps", "scores?"),
+@declare_stage("category_evaluation", 4, params=("normalise", "resolution", "pro", "map_items"),
+               upstream=("maps", "scores?"),
                produces="set", side_inputs=("mask",))
 def category_evaluation(call: StageCall, batch: list[WorkItem]) -> list[ItemData]:
     """Each item: one category's image scores and exact metrics (module docstring)."""

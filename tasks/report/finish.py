@@ -59,16 +59,19 @@ def _note_constant_maps(state: RunState, categories: list[CategoryResult],
 
 def finish_run(ctx: RunContext, state: RunState, maps: ArtifactRef | dict[str, ArtifactRef], resolution: int,
                normalise: str, out_dir: str, save_maps_dir: str | None,
-               max_fprs: tuple[float, ...] = (0.05, 0.1, 0.3, 1.0)) -> dict[str, Any]:
+               max_fprs: tuple[float, ...] = (0.05, 0.1, 0.3, 1.0),
+               map_items: dict[str, str] | None = None) -> dict[str, Any]:
     """Evaluate per category (ground truth where it exists), write the reports, mark the run complete.
 
     maps: one artifact for every category, or one per category (methods whose parameters are per category).
-    max_fprs: the AUsPRO integration limits of an MVTec LOCO evaluation.
+    max_fprs: the AUsPRO integration limits of an MVTec LOCO evaluation. map_items: {image id: item id} where
+    the maps artifact keys its items by something else than the image (SAM-LAD: one item per query and its
+    references).
     """
     evaluation_started = time.perf_counter()
     try:
         categories = evaluate_categories(ctx, state, maps, resolution, normalise, save_maps_dir,
-                                         max_fprs=tuple(max_fprs))
+                                         max_fprs=tuple(max_fprs), map_items=map_items)
     except OSError as exc:
         raise _kept(ctx, state, f"could not write the maps to {save_maps_dir}", exc) from None
     _note_constant_maps(state, categories, maps)

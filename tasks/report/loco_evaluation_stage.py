@@ -25,6 +25,7 @@ from tasks.datasets.records import DatasetError, ImageError
 from tasks.engine.context import ImageItem
 from tasks.engine.runner import WorkItem
 from tasks.engine.stage import ItemSet, StageCall, declare_stage
+from tasks.report.evaluation_stage import map_item
 
 KINDS = ("logical_anomalies", "structural_anomalies")
 
@@ -106,10 +107,10 @@ def _evaluate(call: StageCall, group: ItemSet) -> ItemData:
 
     def images() -> Iterator[metrics_loco.LocoImage]:
         for m in kept:
-            yield metrics_loco.LocoImage(m.record.defect_type, view.read(call.item_of("maps", m)).arrays["map"],
+            yield metrics_loco.LocoImage(m.record.defect_type, view.read(map_item(call, m)).arrays["map"],
                                          _channels(m, defects), name=m.record.relpath)
 
-    scores = np.array([float(view.read(call.item_of("maps", m)).arrays["map"].max()) for m in kept], np.float32)
+    scores = np.array([float(view.read(map_item(call, m)).arrays["map"].max()) for m in kept], np.float32)
     if defects is not None:
         result = metrics_loco.evaluate_loco_category(images, max_fprs=tuple(p["max_fprs"]),
                                                      curve_max_distance=p["curve_max_distance"])
@@ -123,7 +124,7 @@ def _evaluate(call: StageCall, group: ItemSet) -> ItemData:
                      "norm": None, "constant_maps": False})
 
 
-@declare_stage("loco_evaluation", 1, params=("max_fprs", "curve_max_distance", "defects_config"),
+@declare_stage("loco_evaluation", 2, params=("max_fprs", "curve_max_distance", "defects_config", "map_items"),
                upstream=("maps",), produces="set", side_inputs=("mask",))
 def loco_evaluation(call: StageCall, batch: list[WorkItem]) -> list[ItemData]:
     """Each item: one category's image scores and LOCO metrics (module docstring)."""

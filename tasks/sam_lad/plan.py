@@ -62,6 +62,7 @@ class Plan:
 
     run: RunState
     references: dict[str, list[ImageItem]] = field(default_factory=dict)   # query image id -> references
+    map_items: dict[str, str] = field(default_factory=dict)   # query image id -> its map's item in sam_lad_map
 
     def absorb(self, ctx: RunContext, result: StageResult) -> None:
         """A stage over queries and references: failed queries leave the run, failed references the support."""
@@ -110,8 +111,8 @@ def find_references(ctx: RunContext, run: RunState, config: SAMLADConfig, featur
 
 
 def chain(ctx: RunContext, run: RunState, config: SAMLADConfig, dataset_kind: str,
-          synthetic: bool) -> dict[str, ArtifactRef]:
-    """Every stage; returns the sam_lad_map artifact of each category."""
+          synthetic: bool) -> tuple[dict[str, ArtifactRef], dict[str, str]]:
+    """Every stage; returns the sam_lad_map artifact of each category and each query's item in it."""
     table = object_tables.load_table(object_tables.table_path(config.object_areas, dataset_kind, synthetic))
     m = config.models
     feature_params = {"size": config.feature_size}
@@ -138,7 +139,7 @@ def chain(ctx: RunContext, run: RunState, config: SAMLADConfig, dataset_kind: st
     for category, queries in sorted(_by_category(run.alive).items()):
         maps[category] = _score_category(ctx, plan, config, table, category, queries, used, objects_ref,
                                          upsampled.ref)
-    return {c: r for c, r in maps.items() if r is not None}
+    return {c: r for c, r in maps.items() if r is not None}, plan.map_items
 
 
 def _objects(ctx: RunContext, plan: Plan, config: SAMLADConfig, images: list[ImageItem]) -> ArtifactRef | None:
@@ -183,9 +184,9 @@ def _score_category(ctx: RunContext, plan: Plan, config: SAMLADConfig, table, ca
     plan.run.absorb(ctx, scores)
     alive = {i.image_id for i in plan.run.alive}
     kept = [s for s in sets if s.payload["query"].image_id in alive]
-    result = sam_lad_map(ctx, [s.payload["query"] for s in kept], upstream={"scores": scores.ref},
-                         params={"resolution": config.eval_resolution, "smoothing_sigma": config.smoothing_sigma,
-                                 "match_items": {s.payload["query"].image_id: s.item(scores.ref.side) for s in kept}})
+    result = sam_lad_map(ctx, upstream={"scores": scores.ref}, sets=kept,
+                         params={"resolution": config.eval_resolution, "smoothing_sigma": config.smoothing_sigma})
     plan.run.absorb(ctx, result)
+    plan.map_items.update({s.payload["query"].image_id: s.item(result.ref.side) for s in kept})
     return result.ref
 

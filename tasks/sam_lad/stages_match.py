@@ -9,8 +9,8 @@ content, so a query is matched and scored again only when its references change.
                    rule across references)            meta: references [image id], objects M, reference_objects [N_i]
   object_scores    per set: map g x g float32 (Eq. 13-16 plus missing objects when on), object_scores M float32
                    (max of each object's map), missing_map g x g float32     meta: unmatched, missing
-  sam_lad_map      per image: map H x W float32 at the image's size (or R x R), bilinear then Gaussian σ
-                   meta: score (max), references
+  sam_lad_map      per set: map H x W float32 at the query's size (or R x R), bilinear then Gaussian σ
+                   meta: score (max). Evaluation finds each query's map through ``map_items`` (query -> set item)
 """
 from __future__ import annotations
 
@@ -121,18 +121,17 @@ def _partner(match: ItemData, reference: int, obj: int) -> int:
     return matched if matched >= 0 else int(match.arrays["nearest_q"][reference, obj])
 
 
-@declare_stage("sam_lad_map", 1, params=("resolution", "smoothing_sigma", "match_items"),
-               upstream=("scores",))
+@declare_stage("sam_lad_map", 2, params=("resolution", "smoothing_sigma"), upstream=("scores",), produces="set")
 def sam_lad_map(call: StageCall, batch: list[WorkItem]) -> list[ItemData]:
-    """The query's set map upsampled to its image size (non-square) or R x R, smoothed; score = max.
-    ``match_items``: {query image id: its match set item} (the references chosen for this run's bank)."""
+    """The query's object map upsampled to its image size (non-square) or R x R, smoothed; score = max. One item
+    per (query, references) set, like the scores, so a query whose references did not change keeps its map."""
     from tasks.datasets.image_io import image_size
     p = call.params
     out = []
     for w in batch:
-        image: ImageItem = w.payload
-        small = call.view("scores").read(p["match_items"][image.image_id], names=["map"]).arrays["map"]
-        hw = image_size(image.record.path) if p["resolution"] == "native" else (p["resolution"],) * 2
+        query: ImageItem = w.payload.payload["query"]
+        small = call.view("scores").read(w.payload.item(call.refs["scores"].side), names=["map"]).arrays["map"]
+        hw = image_size(query.record.path) if p["resolution"] == "native" else (p["resolution"],) * 2
         full = assemble.upsample_map(small, tuple(hw), p["smoothing_sigma"])
         out.append(ItemData({"map": full.astype(np.float32)}, {"score": float(full.max(initial=0.0))}))
     return out
