@@ -86,7 +86,7 @@ def test_unknown_split(mvtec_root):
 
 
 def test_unknown_kind_and_missing_root(tmp_path, mvtec_root):
-    with pytest.raises(DatasetError, match="unknown dataset kind 'kolektor'.*mvtec, visa, folder"):
+    with pytest.raises(DatasetError, match="unknown dataset kind 'kolektor'.*mvtec, visa, loco, digitanatomy, folder"):
         load_dataset("kolektor", mvtec_root)
     with pytest.raises(DatasetError, match="dataset root not found"):
         load_dataset("mvtec", str(tmp_path / "nowhere"))
