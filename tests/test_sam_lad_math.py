@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from tasks.sam_lad import assemble, bank, dcga
+from tasks.sam_lad import assemble, bank, dcga, objects
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -296,3 +296,14 @@ def test_upsample_map_bilinear_equals_cv2_and_blur_equals_explicit_gaussian_conv
     assert np.isclose(assemble.image_score(blurred), want.max(), atol=1e-5)
     with pytest.raises(ValueError, match="sigma"):
         assemble.upsample_map(small, (37, 53), sigma=-1.0)
+
+
+# ---------------------------------------------------------------- §4.3 area filter
+def test_area_filter_4_3_keeps_masks_in_range_largest_first_in_index_order():
+    areas = np.array([0.50, 0.001, 0.20, 0.20, 0.05, 0.30, 0.0])
+    np.testing.assert_array_equal(objects.kept_objects(areas, 0.01, 0.4, 10), [2, 3, 4, 5])   # 0.5, 0.001, 0 out
+    np.testing.assert_array_equal(objects.kept_objects(areas, 0.01, 0.4, 2), [2, 5])   # 0.30 and the first 0.20
+    np.testing.assert_array_equal(objects.kept_objects(areas, 0.0, 1.0, 3), [0, 2, 5])
+    assert objects.kept_objects(np.zeros(0), 0.0, 1.0, 5).shape == (0,)
+    brute = sorted(sorted((i for i, a in enumerate(areas) if 0.01 <= a <= 0.4), key=lambda i: (-areas[i], i))[:3])
+    np.testing.assert_array_equal(objects.kept_objects(areas, 0.01, 0.4, 3), brute)

@@ -107,6 +107,15 @@ def rule_for(table: dict[str, AreaRule], category: str) -> AreaRule:
     return table.get(category, table["*"])
 
 
+def kept_objects(areas: np.ndarray, min_fraction: float, max_fraction: float, max_objects: int) -> np.ndarray:
+    """The area filter (METHODS.md §4.3): areas M float (fractions of the image) -> indices (ascending, int64) of
+    the masks inside [min_fraction, max_fraction], the ``max_objects`` largest if more (ties: lower index)."""
+    areas = np.asarray(areas, np.float64).reshape(-1)
+    inside = np.nonzero((areas >= min_fraction) & (areas <= max_fraction))[0]
+    largest = inside[np.argsort(-areas[inside], kind="stable")][:max_objects]
+    return np.sort(largest).astype(np.int64)
+
+
 def calibrate_bounds(areas_per_image: list[np.ndarray], expected: int) -> tuple[AreaRule, float]:
     """Bounds [lo, hi] on area fractions (each image: its masks' fractions) that give ``expected`` objects on the
     largest share of images; ties prefer the widest margin to the nearest excluded masks. Returns (rule, share)."""

@@ -18,7 +18,7 @@ from stores import ItemData
 from tasks.engine.runner import WorkItem
 from tasks.engine.stage import StageCall, declare_stage
 from tasks.models import featup, joint_bilateral
-from tasks.sam_lad import dcga
+from tasks.sam_lad import dcga, objects
 
 JBU_DEFAULTS = {"radius": 3, "sigma_spatial": 1.0, "sigma_range": 0.1}   # the substitute's kernel (documented)
 
@@ -61,7 +61,7 @@ def _object_masks(call: StageCall, w: WorkItem, whole_image: bool) -> np.ndarray
     return np.asarray(call.read("objects", w.payload, names=["masks"]).arrays["masks"], bool)
 
 
-@declare_stage("object_descriptors", 1,
+@declare_stage("object_descriptors", 2,
                params=("min_area_fraction", "max_area_fraction", "whole_image", "max_objects", "dcga_mode", "dcga_w",
                        "pool_inside_mask"),
                upstream=("objects?", "features"), reads_pixels=True)
@@ -73,9 +73,7 @@ def object_descriptors(call: StageCall, batch: list[WorkItem]) -> list[ItemData]
         masks = _object_masks(call, w, p["whole_image"])
         total = float(masks.shape[1] * masks.shape[2])
         areas = masks.reshape(masks.shape[0], -1 if len(masks) else 0).sum(1) / total
-        inside = np.nonzero((areas >= p["min_area_fraction"]) & (areas <= p["max_area_fraction"]))[0]
-        kept = inside[np.argsort(-areas[inside], kind="stable")][: p["max_objects"]]
-        kept = np.sort(kept)
+        kept = objects.kept_objects(areas, p["min_area_fraction"], p["max_area_fraction"], p["max_objects"])
         features = np.asarray(call.read("features", w.payload).arrays["features"], np.float32)   # C x g x g
         soft = dcga.resize_masks(masks[kept], features.shape[1:])                                # M x g x g
         pool = "mean" if p["dcga_mode"] == "gap" else "max"
