@@ -12,7 +12,7 @@ passed through SQUID's ``RandomResizedCrop(28, scale=(0.6, 1.3), ratio=(1, 1))``
 a 96 x 96 grayscale image. anomflow identifies images by content hash, so the training normals are
 materialised as PNG files (deterministic bytes for a seed) instead of being drawn per epoch.
 Object labels (0 background, k = the digit k's pixels) go to the same sidecar folder as the synthetic
-MVTec writer uses (``synth.object_labels_path``).
+MVTec writer uses (``generated.object_labels_path``).
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import shutil
 import numpy as np
 from PIL import Image
 
+from tasks.datasets.generated import object_labels_path, prepare_generated_dir, save_png
 from tasks.datasets.folder import is_image_name, select_categories, to_relpath
 from tasks.datasets.records import DatasetError, ImageRecord
 
@@ -116,25 +117,6 @@ def compose_grid(cells: list[tuple[int, np.ndarray | None]]) -> tuple[np.ndarray
     return image, labels
 
 
-def save_png(arr: np.ndarray, path: str) -> None:
-    """Write an ``H x W`` uint8 array as an 8-bit grayscale PNG (Pillow, no timestamps: same array, same bytes)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(arr).save(path, format="PNG", compress_level=6)
-
-
-def prepare_generated_dir(path: str, what: str) -> None:
-    """Empty a folder an earlier run generated (marked); refuse a non-empty folder without the marker."""
-    from tasks.datasets.synth import MARKER   # lazy: synth imports OpenCV, loaders should not
-
-    if os.path.isdir(path) and os.listdir(path):
-        if not os.path.isfile(os.path.join(path, MARKER)):
-            raise FileExistsError(f"{path} exists and was not written by anomflow; remove it or choose another --out")
-        shutil.rmtree(path)
-    os.makedirs(path, exist_ok=True)
-    with open(os.path.join(path, MARKER), "w") as fh:
-        fh.write(f"written by {what}\n")
-
-
 def write_digitanatomy_train(root: str, count: int = 1000, seed: int = 0) -> list[str]:
     """Materialise SQUID's on-the-fly training normals as ``<root>/digitanatomy/train/good/NNNN.png``.
 
@@ -143,7 +125,6 @@ def write_digitanatomy_train(root: str, count: int = 1000, seed: int = 0) -> lis
     ``digitanatomy/object_labels/train/good/NNNN.png``. A ``train/`` folder from an earlier call is
     replaced; any other non-empty one raises ``FileExistsError``. Returns the written relpaths.
     """
-    from tasks.datasets.synth import object_labels_path
 
     if count < 1:
         raise ValueError("count must be at least 1")

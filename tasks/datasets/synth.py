@@ -19,17 +19,16 @@ same arguments give the same bytes.
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from PIL import Image
+
+from tasks.datasets.generated import (MARKER, OBJECT_LABELS, object_labels_path,  # noqa: F401 (re-exported)
+                                      prepare_generated_dir, save_png)
 
 KINDS = ("texture", "object", "multi")
 DEFECTS = ("scratch", "hole", "stain", "missing_piece")
-MARKER = ".anomflow_synth"
-OBJECT_LABELS = "object_labels"   # sidecar folder of object label PNGs (oracle object masks)
 _STAIN_COLOURS = ((150, 85, 20), (30, 90, 180), (160, 30, 130), (50, 150, 40))
 
 
@@ -206,32 +205,6 @@ def render_sample_with_objects(category_index: int, defect: str | None = None, *
     return clean, image, mask, labels
 
 
-def object_labels_path(relpath: str) -> str:
-    """Where the synthetic writer puts an image's object labels: ``<cat>/object_labels/<split>/<defect>/<stem>.png``
-    for the image ``<cat>/<split>/<defect>/<name>`` (relative to the dataset root; not part of the MVTec layout)."""
-    parts = relpath.replace(os.sep, "/").split("/")
-    if len(parts) != 4:
-        raise ValueError(f"{relpath}: not <category>/<split>/<defect>/<name>")
-    category, split, defect, name = parts
-    return "/".join((category, OBJECT_LABELS, split, defect, name.rsplit(".", 1)[0] + ".png"))
-
-
-def _save_png(arr: np.ndarray, path: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(arr).save(path, format="PNG", compress_level=6)
-
-
-def _prepare_category_dir(path: str) -> None:
-    """Remove a previous synthetic category (marked); refuse to touch anything else."""
-    if os.path.isdir(path) and os.listdir(path):
-        if not os.path.isfile(os.path.join(path, MARKER)):
-            raise FileExistsError(f"{path} exists and was not written by write_synthetic_mvtec")
-        shutil.rmtree(path)
-    os.makedirs(path, exist_ok=True)
-    with open(os.path.join(path, MARKER), "w") as fh:
-        fh.write("written by tasks.datasets.synth.write_synthetic_mvtec\n")
-
-
 def write_synthetic_mvtec(out_dir: str, categories: int = 3, images: int = 8, seed: int = 0,
                           size: int = 128) -> list[str]:
     """Write a synthetic MVTec-AD-layout dataset under ``out_dir``; return the category names.
@@ -250,21 +223,21 @@ def write_synthetic_mvtec(out_dir: str, categories: int = 3, images: int = 8, se
     n_good = max(1, images // 3) if images >= 2 else images
     for ci, name in enumerate(names):
         cat_dir = os.path.join(out_dir, name)
-        _prepare_category_dir(cat_dir)
+        prepare_generated_dir(cat_dir, "tasks.datasets.synth.write_synthetic_mvtec")
         for i in range(images):
             _, img, _ = render_sample(ci, None, seed=seed, sample_index=i, split="train", size=size)
-            _save_png(img, os.path.join(cat_dir, "train", "good", f"{i:03d}.png"))
+            save_png(img, os.path.join(cat_dir, "train", "good", f"{i:03d}.png"))
         for i in range(n_good):
             _, img, _, labels = render_sample_with_objects(ci, None, seed=seed, sample_index=i, size=size)
-            _save_png(img, os.path.join(cat_dir, "test", "good", f"{i:03d}.png"))
-            _save_png(labels, os.path.join(out_dir, object_labels_path(f"{name}/test/good/{i:03d}.png")))
+            save_png(img, os.path.join(cat_dir, "test", "good", f"{i:03d}.png"))
+            save_png(labels, os.path.join(out_dir, object_labels_path(f"{name}/test/good/{i:03d}.png")))
         counts = dict.fromkeys(DEFECTS, 0)
         for j in range(images - n_good):
             defect = DEFECTS[j % len(DEFECTS)]
             k = counts[defect]
             counts[defect] += 1
             _, img, mask, labels = render_sample_with_objects(ci, defect, seed=seed, sample_index=k, size=size)
-            _save_png(img, os.path.join(cat_dir, "test", defect, f"{k:03d}.png"))
-            _save_png(mask.astype(np.uint8) * 255, os.path.join(cat_dir, "ground_truth", defect, f"{k:03d}_mask.png"))
-            _save_png(labels, os.path.join(out_dir, object_labels_path(f"{name}/test/{defect}/{k:03d}.png")))
+            save_png(img, os.path.join(cat_dir, "test", defect, f"{k:03d}.png"))
+            save_png(mask.astype(np.uint8) * 255, os.path.join(cat_dir, "ground_truth", defect, f"{k:03d}_mask.png"))
+            save_png(labels, os.path.join(out_dir, object_labels_path(f"{name}/test/{defect}/{k:03d}.png")))
     return names

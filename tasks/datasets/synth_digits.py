@@ -22,9 +22,9 @@ import os
 import cv2
 import numpy as np
 
-from tasks.datasets.digitanatomy import (CATEGORY, prepare_generated_dir, compose_grid, normal_cells,
-                                         random_resized_cell, save_png, write_digitanatomy_train)
-from tasks.datasets.synth import object_labels_path
+from tasks.datasets.digitanatomy import (CATEGORY, compose_grid, normal_cells, random_resized_cell,
+                                         write_digitanatomy_train)
+from tasks.datasets.generated import object_labels_path, prepare_generated_dir, save_png
 
 ANOMALY_KINDS = ("missing", "out_of_order", "flipped", "zero")
 ZERO_OBJECT_ID = 10            # label of a 0 that replaced a digit (not one of the nine objects)

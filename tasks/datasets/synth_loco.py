@@ -33,8 +33,8 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from tasks.datasets.digitanatomy import prepare_generated_dir, save_png
-from tasks.datasets.synth import _STAIN_COLOURS, object_labels_path
+from tasks.datasets.generated import object_labels_path, prepare_generated_dir, save_png
+from tasks.datasets.synth import _STAIN_COLOURS
 
 RULES = ("breakfast", "screws")
 LOGICAL_CYCLE = (("extra_object", "wrong_colour"), ("missing_object",), ("extra_object",), ("wrong_colour",),

@@ -17,6 +17,7 @@ from typing import Callable
 
 from stores import item_key
 from stores.index import Index
+from tasks.datasets.generated import object_labels_path
 from tasks.datasets.records import ImageRecord
 from tasks.engine.context import ImageItem, inside_root
 
@@ -25,13 +26,8 @@ _RACY_SECONDS = 2.0   # a file modified this recently may still be being written
 
 SIDE_INPUTS: dict[str, Callable[[ImageRecord, str | None], str | None]] = {
     "mask": lambda rec, root: rec.mask_path,
-    "labels": lambda rec, root: os.path.join(root or os.path.dirname(rec.path), _object_labels_path(rec.relpath)),
+    "labels": lambda rec, root: os.path.join(root or os.path.dirname(rec.path), object_labels_path(rec.relpath)),
 }
-
-
-def _object_labels_path(relpath: str) -> str:
-    from tasks.datasets.synth import object_labels_path   # (cv2 and the writers: only when a stage reads labels)
-    return object_labels_path(relpath)
 
 
 def _sha256(path: str) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 from stores import ItemData
 from tasks.datasets.image_io import read_label_map
 from tasks.datasets.records import ImageError
-from tasks.datasets.synth import object_labels_path
+from tasks.datasets.generated import object_labels_path
 from tasks.engine.context import ImageItem
 from tasks.engine.inputs import ABSENT
 from tasks.engine.runner import WorkItem

@@ -46,7 +46,7 @@ class AreaRule:
 def is_synthetic(root: str) -> bool:
     """anomflow's synthetic writers leave a marker file in each category folder (or the root): their object
     table applies."""
-    from tasks.datasets.synth import MARKER
+    from tasks.datasets.generated import MARKER
     if os.path.exists(os.path.join(root, MARKER)):
         return True
     try:
