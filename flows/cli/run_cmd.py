@@ -10,12 +10,13 @@ import typer
 
 from flows.cli.preflight import (UsageError, check_dask, check_dir_target, check_inputs, check_outputs, local_path,
                                  open_store)
+from flows.cli.post_options import check_post_options, post_options
 from flows.cli.summary import print_summary
 
 DEFAULT_STORE = os.environ.get("ANOMFLOW_STORE", str(Path.home() / ".cache" / "anomflow" / "store"))
 DEFAULT_ABLATE_OUT = "anomflow-out/ablation"
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_VALIDATION = 0, 1, 2, 3, 4
 
 # Options shared by `run` and `ablate` (typer reads these markers as defaults; one definition each).
 DATASET = typer.Option(..., "--dataset", help="mvtec | visa | loco | digitanatomy | folder")
@@ -35,6 +36,17 @@ DASK_ADDRESS = typer.Option(None, "--dask-address",
 WORKERS = typer.Option(None, "--workers", help="run stage batches on a local Dask cluster of N worker processes")
 DASK_RESOURCES = typer.Option(None, "--dask-resources",
                               help="Dask resources a batch that runs a model needs, e.g. GPU=1 (repeat)")
+THRESHOLDS = typer.Option(None, "--thresholds", help="thresholds.json from `anomflow calibrate`: pass/fail "
+                          "decisions per image (decisions.parquet/csv)")
+BASELINE = typer.Option(None, "--baseline", help="run id whose per-category score distributions bound drift")
+FAIL_ON_VALIDATION = typer.Option(False, "--fail-on-validation", help="exit 4 when an expectation fails")
+VALIDATION = typer.Option(True, "--validation/--no-validation", help="validate inputs, outputs and metrics "
+                          "with Great Expectations")
+METRIC_FLOORS = typer.Option(None, "--metric-floor", help="metric floor, e.g. image_auroc=0.7 (repeat)")
+EXPECTED_COUNTS = typer.Option(None, "--expected-counts", help="YAML/JSON {category: {split: count}}")
+ALERT_WEBHOOK = typer.Option(None, "--alert-webhook", help="POST a JSON summary here on failed validation or a "
+                             "high anomaly rate")
+ALERT_RATE = typer.Option(None, "--alert-anomaly-rate", help="alert when more than this share of images fail")
 
 
 def fail_usage(message: str) -> None:
@@ -46,11 +58,12 @@ def execute(method: str, dataset: str, root: str, categories: list[str] | None, 
             overrides: list[str], models_dir: str | None, save_maps: str | None, random_weights: bool,
             allow_tiny: bool, batch_size: int | None, device: str, progress: bool,
             flow_override: Any = None, dask_address: str | None = None, workers: int | None = None,
-            dask_resources: list[str] | None = None) -> dict[str, Any]:
+            dask_resources: list[str] | None = None, post: Any = None) -> dict[str, Any]:
     """Validate everything a user can get wrong before any work starts, then run the flow.
 
     dask_address / workers / dask_resources: run stage batches on a Dask cluster (``tasks.engine.distributed``);
-    the cluster is connected (or a local one started) after the other checks, and the report names it."""
+    the cluster is connected (or a local one started) after the other checks, and the report names it.
+    post: :class:`tasks.report.post_run.PostRunOptions` (decisions, validation, alerts); checked here too."""
     from flows.cli.prefect_server import choose_prefect_api
 
     api_note = choose_prefect_api()   # before Prefect is imported: its settings are read on import
@@ -84,6 +97,8 @@ def execute(method: str, dataset: str, root: str, categories: list[str] | None, 
         check_outputs(store, out, save_maps, create_parents=frozenset({DEFAULT_STORE, DEFAULT_ABLATE_OUT}))
         check_inputs(config, dataset, root, categories)
         open_store(store)
+        if post is not None:
+            check_post_options(post, store)
     except UsageError as exc:
         fail_usage(str(exc))
     for note in notes + ([api_note] if api_note else []):
@@ -93,7 +108,7 @@ def execute(method: str, dataset: str, root: str, categories: list[str] | None, 
         models_dir = os.path.abspath(os.path.expanduser(models_dir))
     ctx = RunContext(store_url=store, models_dir=models_dir, dataset_root=os.path.abspath(root),
                      random_weights=random_weights, device=device, batch_size=config.batch_size, progress=progress,
-                     dask_address=cluster, model_resources=resources)
+                     dask_address=cluster, model_resources=resources, **({"post": post} if post else {}))
     if cluster is not None:
         _connect_cluster(ctx, dask_address)
     spec = DatasetSpec(dataset, os.path.abspath(root), tuple(categories) if categories else None)
@@ -140,11 +155,25 @@ def run(
     dask_address: Optional[str] = DASK_ADDRESS,
     workers: Optional[int] = WORKERS,
     dask_resources: Optional[list[str]] = DASK_RESOURCES,
+    thresholds: Optional[str] = THRESHOLDS,
+    baseline: Optional[str] = BASELINE,
+    fail_on_validation: bool = FAIL_ON_VALIDATION,
+    validation: bool = VALIDATION,
+    metric_floor: Optional[list[str]] = METRIC_FLOORS,
+    expected_counts: Optional[str] = EXPECTED_COUNTS,
+    alert_webhook: Optional[str] = ALERT_WEBHOOK,
+    alert_anomaly_rate: Optional[float] = ALERT_RATE,
 ) -> None:
-    """Run METHOD on a dataset; writes report.json/html to --out. Exit 0 ok, 3 some items failed, 2 usage."""
+    """Run METHOD on a dataset; writes report.json/html to --out. Exit 0 ok, 3 some items failed, 2 usage,
+    4 an expectation failed with --fail-on-validation."""
+    try:
+        post = post_options(thresholds, baseline, fail_on_validation, validation, metric_floor or [], expected_counts,
+                            alert_webhook, alert_anomaly_rate)
+    except UsageError as exc:
+        fail_usage(str(exc))
     outcome = execute(method, dataset, root, category, store, out, overrides or [], models_dir, save_maps,
                       random_weights, allow_tiny, batch_size, device, progress and sys.stderr.isatty(),
-                      dask_address=dask_address, workers=workers, dask_resources=dask_resources)
+                      dask_address=dask_address, workers=workers, dask_resources=dask_resources, post=post)
     print_summary(outcome["report_data"], outcome["report"])
     raise typer.Exit(outcome["exit_code"])
 

@@ -8,6 +8,7 @@ from functools import cached_property
 from stores import ArtifactStore
 from stores.runs import new_run_id
 from tasks.datasets.records import ImageRecord
+from tasks.report.post_run import PostRunOptions
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class RunContext:
     run_id: str = field(default_factory=new_run_id)   # names the run record, its claims and announcements
     dask_address: str | None = None   # tcp://HOST:PORT of a Dask scheduler, or "local:N" (a LocalCluster of N)
     model_resources: tuple[tuple[str, float], ...] = ()   # Dask resources a batch that runs models needs
+    post: PostRunOptions = field(default_factory=PostRunOptions)   # decisions, validation, alerts after the run
 
     def __getstate__(self) -> dict:
         """Pickled without the opened store (Dask workers open their own)."""

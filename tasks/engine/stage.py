@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
 
 from stores import ArtifactRef, ItemData, item_key
 from stores.artifact_store import ArtifactView
@@ -132,8 +133,9 @@ class Stage:
                  ) -> StageResult:
         """Run the stage as a Prefect task (named after the artifact). produces_as: the artifact name when one
         declaration makes two artifacts (``refine_boxes`` makes defect_masks and object_masks)."""
-        return execute_stage.with_options(name=produces_as or self.name)(
-            self, ctx, list(images), params or {}, models or {}, upstream or {}, list(keys), list(sets), produces_as)
+        args = (self, ctx, list(images), params or {}, models or {}, upstream or {}, list(keys), list(sets), produces_as)
+        # quote: Prefect would otherwise walk every argument (all items, keys and sets) looking for futures
+        return execute_stage.with_options(name=produces_as or self.name)(*map(quote, args))
 
     def run(self, ctx: RunContext, images: Sequence[ImageItem] = (), **kwargs: Any) -> StageResult:
         """The same, without Prefect (library use, tests)."""

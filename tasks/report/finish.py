@@ -14,6 +14,7 @@ from tasks.engine.context import RunContext
 from tasks.engine.fallbacks import fallback_note
 from tasks.engine.run_state import RunState
 from tasks.report.evaluate import CategoryResult, evaluate_categories
+from tasks.report.post_run import after_evaluation, exit_code
 from tasks.report.report_html import render_html
 from tasks.report.report_json import build_report, write_json_atomic
 
@@ -85,8 +86,12 @@ def finish_run(ctx: RunContext, state: RunState, maps: ArtifactRef | dict[str, A
                           state.model_load_seconds(), state.notes, state.timings,
                           ctx.executor.describe() if ctx.dask_address else None)
     try:
+        after_evaluation(ctx, state, categories, report, out_dir)
+        started = time.perf_counter()
         path = write_reports(out_dir, report, categories)
+        report["timings"]["report"] = round(time.perf_counter() - started, 3)
+        write_json_atomic(path, report)   # again, with the report's own time
     except OSError as exc:
         raise _kept(ctx, state, f"could not write the report to {out_dir}", exc) from None
     state.record(ctx, "complete")
-    return {"report": path, "report_data": report, "exit_code": 3 if report["failures"] else 0}
+    return {"report": path, "report_data": report, "exit_code": exit_code(ctx, report)}
