@@ -25,6 +25,8 @@ def post_options(thresholds: str | None, baseline: str | None, fail_on_validatio
         raise UsageError(f"--alert-anomaly-rate {anomaly_rate}: a share of images, between 0 and 1")
     if webhook is not None and urlparse(webhook).scheme not in ("http", "https"):
         raise UsageError(f"--alert-webhook {webhook!r}: needs an http:// or https:// URL")
+    if anomaly_rate is not None and thresholds is None:
+        raise UsageError("--alert-anomaly-rate needs --thresholds: without thresholds no image is decided")
     if fail_on_validation and not validation:
         raise UsageError("--fail-on-validation with --no-validation: nothing would be validated")
     for option, path in (("--thresholds", thresholds), ("--expected-counts", expected_counts)):
