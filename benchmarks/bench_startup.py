@@ -45,7 +45,8 @@ def main() -> None:
     exe = [sys.executable, "-m", "flows.cli.main"]
     subprocess.run(exe + ["synth", "--out", str(work / "data"), "--categories", "3", "--images", "8", "--size", "128"],
                    check=True, capture_output=True)
-    run = exe + ["run", "saa", "--dataset", "mvtec", "--root", str(work / "data"), "--store", str(work / "store"),
+    anomflow = [str(Path(sys.executable).with_name("anomflow"))]   # the console script users run
+    run = anomflow + ["run", "saa", "--dataset", "mvtec", "--root", str(work / "data"), "--store", str(work / "store"),
                  "--out", str(work / "out"), "--models-dir", str(work / "models"), "--allow-tiny", "--no-progress"]
     port = _free_port()
     env = {**os.environ, "ANOMFLOW_PREFECT_SERVER": "auto", "ANOMFLOW_PREFECT_PORT": str(port),
