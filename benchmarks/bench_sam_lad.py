@@ -40,7 +40,7 @@ PAPER = {"fps": 8.9, "gflops": 54.7, "hardware": "1x NVIDIA A100 40 GB, Xeon Gol
 # objects and scores 0), so both are 0 here; 8 x 8 prompts keep the tiny run short
 TINY_SETTINGS = {"mask_generator.points_per_side": 8, "mask_generator.pred_iou_thresh": 0.0,
                  "mask_generator.stability_score_thresh": 0.0}
-FULL_MODELS = {"models.sam": "sam-vit-h", "models.backbone": "dinov2-vit-s-14",
+FULL_MODELS = {"models.sam": "sam-vit-h", "models.backbone": "dinov2-vits14",
                "models.upsampler": "featup-jbu-dinov2", "upsampler": "featup", "upsample_factor": 8}
 # stage kinds (tasks/sam_lad/plan.py): per image (queries and the references they use), per query, per category
 PER_IMAGE = ("dinov2_features", "image_embedding", "sam_automatic_masks", "object_masks", "upsampled_features",

@@ -78,15 +78,15 @@ def test_deterministic_memoised_identity(tmp_path):
     assert np.array_equal(a, second.features(_images(), 56))
     assert first.identity == model_identity("tiny-dinov2", tmp_path)
     assert first.identity.weights_sha256.startswith(RANDOM_PREFIX) and first.identity.tiny
-    full = model_identity("dinov2-vit-s-14", tmp_path, random_weights=True)
+    full = model_identity("dinov2-vits14", tmp_path, random_weights=True)
     assert full.weights_sha256.startswith(RANDOM_PREFIX) and full.weights_sha256 != first.identity.weights_sha256
 
 
 def test_family_mismatch_and_missing_official_weights(tmp_path):
     with pytest.raises(ValueError):
         load_dinov2("tiny-wrn50", tmp_path)
-    for name in ("dinov2-vit-s-14", "dinov2-vit-s-14:lvd142m"):
-        with pytest.raises(WeightsMissingError, match="anomflow models pull dinov2-vit-s-14") as err:
+    for name in ("dinov2-vits14", "dinov2-vit-s-14:lvd142m"):
+        with pytest.raises(WeightsMissingError, match="anomflow models pull dinov2-vits14") as err:
             load_dinov2(name, tmp_path)
         assert err.value.filename == "model.safetensors"
     assert calls.MODEL_LOADS == {}
@@ -129,7 +129,7 @@ def test_official_loading_path(tmp_path, monkeypatch, no_network):
 
 def test_official_architecture_matches_timm():
     """Keys and shapes equal timm's vit_small_patch14_dinov2 (so the lvd142m model.safetensors loads strictly)."""
-    spec = registry.get_spec("dinov2-vit-s-14")
+    spec = registry.get_spec("dinov2-vits14")
     with torch.device("meta"):
         ours = build_dinov2_model(spec)
         ref = timm.create_model("vit_small_patch14_dinov2", pretrained=False)
@@ -140,11 +140,11 @@ def test_official_architecture_matches_timm():
 
 def test_registry_matches_timm_pretrained_cfg():
     cfg = timm.models.get_pretrained_cfg("vit_small_patch14_dinov2.lvd142m")
-    spec = registry.get_spec("dinov2-vit-s-14")
+    spec = registry.get_spec("dinov2-vits14")
     assert (spec.architecture, spec.tag) == ("dinov2-vit-s-14", cfg.tag) and cfg.architecture == "vit_small_patch14_dinov2"
     assert cfg.input_size == (3, spec.preprocess.size, spec.preprocess.size) == (3, 518, 518)
     assert tuple(cfg.mean) == spec.preprocess.mean and tuple(cfg.std) == spec.preprocess.std
     (wf,) = spec.files
     assert wf.filename == "model.safetensors" and wf.url.endswith("/model.safetensors")
     assert wf.url.startswith(f"https://huggingface.co/{cfg.hf_hub_id}/resolve/")
-    assert registry.tiny_twin("dinov2-vit-s-14") == "tiny-dinov2"
+    assert registry.tiny_twin("dinov2-vits14") == "tiny-dinov2"

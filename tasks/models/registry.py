@@ -176,7 +176,7 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
                  tiny_twin="tiny-dinov2"),
     _tiny("tiny-dinov2", "dinov2",
           dict(img_size=112, patch_size=14, embed_dim=32, depth=2, num_heads=2, mlp_ratio=4.0, init_values=1e-5),
-          Preprocess(112, IMAGENET_MEAN, IMAGENET_STD), "dinov2-vit-s-14"),
+          Preprocess(112, IMAGENET_MEAN, IMAGENET_STD), "dinov2-vits14"),
     Architecture("clip-vit-l-14-336", "clip", _CLIP_L14_336_ARCH, Preprocess(336, CLIP_MEAN, CLIP_STD),
                  tiny_twin="tiny-clip"),
     Architecture("clip-vit-b-16-plus-240", "clip", _CLIP_B16_PLUS_240_ARCH, Preprocess(240, CLIP_MEAN, CLIP_STD),
@@ -227,7 +227,7 @@ WEIGHT_TAGS: tuple[WeightTag, ...] = (
               (WeightFile("wide_resnet50_2-95faca4d.pth", None,
                           "https://download.pytorch.org/models/wide_resnet50_2-95faca4d.pth", 275909051),),
               "torchvision ImageNet weights (timm's wide_resnet50_2.tv_in1k)"),
-    WeightTag("dinov2-vit-s-14", "lvd142m", "dinov2-vit-s-14",
+    WeightTag("dinov2-vit-s-14", "lvd142m", "dinov2-vits14",
               (WeightFile("model.safetensors", None, _DINOV2_URL + "model.safetensors"),),
               "timm vit_small_patch14_dinov2.lvd142m (Meta's DINOv2 ViT-S/14 in timm's layout)"),
     # open_clip 3.3 prefers the hf-hub copy timm/vit_large_patch14_clip_336.openai (its url is OpenAI's TorchScript

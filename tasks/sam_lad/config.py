@@ -11,7 +11,7 @@ from tasks.config import StrictModel
 
 class SAMLADModels(StrictModel):
     sam: str = "sam-vit-h"                   # AMG model: not given by the paper (UNVERIFIED); SAM-H as METHODS
-    backbone: str = "dinov2-vit-s-14"        # DINOv2 ViT-S/14 [P]
+    backbone: str = "dinov2-vits14"          # DINOv2 ViT-S/14 [P]
     upsampler: str = "featup-jbu-dinov2"     # FeatUp's JBU stack for DINOv2 [P]; only read when upsampler=featup
 
 
