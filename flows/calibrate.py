@@ -18,6 +18,7 @@ def calibrate_sam_lad_flow(config: SAMLADConfig, ctx: RunContext, dataset: Datas
     table = objects.load_table(objects.table_path(config.object_areas, dataset.kind, objects.is_synthetic(dataset.root)))
     results = calibrate.calibrate(calibrate.mask_areas(ctx, run, config), table, expected)
     objects.write_table(out_table, {r.category: r.rule for r in results},
-                        f"anomflow calibrate sam-lad on {dataset.root} (train/good), SAM {config.models.sam}")
+                        f"anomflow calibrate-areas sam-lad on {dataset.root} (train/good), "
+                        f"SAM {config.models.sam}")
     run.record(ctx, "complete")
     return {"table": out_table, "categories": results, "failures": dict(run.tracker.failures)}

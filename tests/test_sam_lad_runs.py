@@ -222,8 +222,8 @@ def loco_root(tmp_path_factory) -> str:
 
 
 def _calibrate(root: str, store: str, out: str, models: str, *extra: str) -> tuple[int, str]:
-    return run_cli("calibrate", "sam-lad", "--dataset", "loco", "--root", root, "--store", store, "--out", out,
-                   "--models-dir", models, "--allow-tiny", *extra)
+    return run_cli("calibrate-areas", "sam-lad", "--dataset", "loco", "--root", root, "--store", store,
+                   "--out", out, "--models-dir", models, "--allow-tiny", *extra)
 
 
 @pytest.fixture(scope="module")
@@ -343,13 +343,13 @@ def test_synthetic_sets_are_recognised(loco_root):
 
 # ---------------------------------------------------------------- usage errors
 @pytest.mark.parametrize("method, extra, out, says", [
-    ("saa", (), "T.yaml", "calibrate knows sam-lad only, not 'saa'"),
+    ("saa", (), "T.yaml", "calibrate-areas knows sam-lad only, not 'saa'"),
     ("sam-lad", ("--expected", "0"), "T.yaml", "--expected 0: needs at least 1 object"),
     ("sam-lad", (), "missing/T.yaml", "missing does not exist"),
 ], ids=["saa", "expected-0", "out-under-missing-folder"])
 def test_calibrate_usage_errors_exit_2_before_any_work(tmp_path, loco_root, models, method, extra, out, says):
     store = tmp_path / "store"
-    code, output = run_cli("calibrate", method, *extra, "--dataset", "loco", "--root", loco_root, "--store",
+    code, output = run_cli("calibrate-areas", method, *extra, "--dataset", "loco", "--root", loco_root, "--store",
                            str(store), "--out", str(tmp_path / out), "--models-dir", models, "--allow-tiny")
     assert code == 2 and says in output, output
     assert not (tmp_path / out).exists() and not (tmp_path / "missing").exists()

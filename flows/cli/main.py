@@ -12,7 +12,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")   # busy 2-core machines
 
 from flows.cli import run_cmd  # noqa: E402
-from flows.cli.calibrate_cmd import calibrate  # noqa: E402
+from flows.cli.calibrate_cmd import calibrate, calibrate_areas  # noqa: E402
 from flows.cli.models_cmd import models_app  # noqa: E402
 from flows.cli.store_cmd import store_app  # noqa: E402
 
@@ -22,6 +22,7 @@ app.command("run")(run_cmd.run)
 app.command("demo")(run_cmd.demo)
 app.command("ablate")(run_cmd.ablate)
 app.command("calibrate")(calibrate)
+app.command("calibrate-areas")(calibrate_areas)
 app.add_typer(models_app, name="models")
 app.add_typer(store_app, name="store")
 

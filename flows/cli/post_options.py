@@ -39,3 +39,7 @@ def post_options(thresholds: str | None, baseline: str | None, fail_on_validatio
 
 def check_post_options(post: PostRunOptions, store_url: str) -> None:
     """Checks that need the store or a file's content (a baseline run that exists, a readable thresholds file)."""
+    if post.thresholds is not None:
+        from tasks.decisions.thresholds_file import load_thresholds
+
+        load_thresholds(post.thresholds)

@@ -1,4 +1,4 @@
-"""``anomflow calibrate sam-lad``: pick each category's object area bounds on normal training images.
+"""``anomflow calibrate-areas sam-lad``: pick each category's object area bounds on normal training images.
 
 SAM's automatic masks of every train/good image (the same cached stages a SAM-LAD run uses, so a later run
 reuses them), then, per category, the [min, max] area fractions under which the most normal images yield exactly
