@@ -239,6 +239,25 @@ def image_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float | N
     return out
 
 
+def image_curves(scores: np.ndarray, labels: np.ndarray) -> dict[str, list[float]] | None:
+    """Exact ROC and PR points of image scores (the curves behind :func:`image_metrics`).
+
+    scores: N float; labels: N int {0,1}, 1 = anomalous. Returns {"fpr", "tpr", "precision"}: G floats each, one
+    point per distinct score, thresholds descending (recall = tpr); None unless both classes occur.
+    """
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    positive = np.asarray(labels).reshape(-1) == 1
+    if scores.shape != positive.shape:
+        raise ValueError(f"scores {scores.shape} and labels {positive.shape} differ in shape")
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("scores contain NaN or infinite values")
+    r = _rank(scores, positive)
+    if r.n_pos == 0 or r.n_neg == 0:
+        return None
+    return {"fpr": (r.fps / r.n_neg).tolist(), "tpr": (r.tps / r.n_pos).tolist(),
+            "precision": (r.tps / (r.tps + r.fps)).tolist()}
+
+
 def mean_metrics(per_category: dict[str, dict[str, float | None]]) -> dict[str, float | None]:
     """Unweighted mean over categories, per metric key (keys in first-seen order).
 

@@ -16,6 +16,10 @@ Same definitions as metrics.py: ties enter together, AUROC = trapezoid of the RO
 AP = sum_k (R_k - R_{k-1}) P_k, F1 = 2TP / (2TP + FP + FN), and each pixel of component c adds
 1 / (n_components * area_c) to PRO, whose trapezoid area up to an FPR limit (interpolated at the
 limit) is divided by that limit. Results differ from metrics.py only in summation order.
+
+Curves (``stream_pixel_metrics_and_curves``): the sweep also keeps a subset of its exact curve points, the first
+point of each new bucket of FPR (fine up to FPR 0.3, where PRO is read), recall or PRO, so a category keeps a few
+hundred points however many pixels it has (:class:`CurveSampler`).
 """
 from __future__ import annotations
 
@@ -99,6 +103,50 @@ def _spill(pairs: Iterable[tuple[np.ndarray, np.ndarray]], fh: BinaryIO) -> tupl
     return runs, n_pos, n_neg, n_components
 
 
+class CurveSampler:
+    """Keeps, from a sweep of monotone non-decreasing curve columns given in chunks, the first point of every new
+    bucket (``floor(column * buckets[column])``; ``fpr`` is bucketed finely on [0, 0.3]) and the final point.
+
+    buckets: {column: buckets over [0, 1]}; at most sum(buckets) + 250 (fine FPR) + 2 points are kept.
+    Other columns passed to :meth:`add` (precision) ride along at the kept points.
+    """
+
+    FINE_FPR = (0.3, 250)   # up to FPR 0.3 (the AUPRO limit): 250 buckets
+
+    def __init__(self, buckets: dict[str, int]) -> None:
+        self.buckets = buckets
+        self.kept: dict[str, list[float]] = {}
+        self.last_bucket: np.ndarray | None = None
+        self.final: dict[str, float] | None = None
+        self.final_kept = False
+
+    def _bucket(self, name: str, values: np.ndarray) -> np.ndarray:
+        coarse = np.floor(values * self.buckets[name])
+        if name != "fpr":
+            return coarse
+        limit, fine = self.FINE_FPR
+        return np.where(values <= limit, np.floor(values / limit * fine), fine + coarse)
+
+    def add(self, columns: dict[str, np.ndarray]) -> None:
+        """columns: {name: M floats} of M consecutive curve points (every chunk has the same names)."""
+        bucket = np.stack([self._bucket(n, columns[n]) for n in self.buckets if n in columns])   # C x M
+        before = bucket[:, :1] + 1 if self.last_bucket is None else self.last_bucket[:, None]
+        keep = np.flatnonzero(np.any(bucket != np.concatenate((before, bucket[:, :-1]), axis=1), axis=0))
+        for name, values in columns.items():
+            self.kept.setdefault(name, []).extend(np.asarray(values, np.float64)[keep].tolist())
+        self.last_bucket = bucket[:, -1]
+        self.final = {n: float(v[-1]) for n, v in columns.items()}
+        self.final_kept = bool(keep.size) and keep[-1] == bucket.shape[1] - 1
+
+    def points(self) -> dict[str, list[float]]:
+        """{column: K floats}, the kept points in sweep order, the final point last."""
+        out = {n: list(v) for n, v in self.kept.items()}
+        if self.final is not None and not self.final_kept:
+            for name, value in self.final.items():
+                out[name].append(value)
+        return out
+
+
 class _Sweep:
     """Running threshold sweep over tie groups given in descending score order.
 
@@ -107,8 +155,10 @@ class _Sweep:
     limit, the PRO trapezoid area up to that limit.
     """
 
-    def __init__(self, n_pos: int, n_neg: int, n_components: int, limits: Sequence[float], pro: bool) -> None:
+    def __init__(self, n_pos: int, n_neg: int, n_components: int, limits: Sequence[float], pro: bool,
+                 sampler: CurveSampler | None = None) -> None:
         self.n_pos, self.n_neg, self.n_components = n_pos, n_neg, n_components
+        self.sampler = sampler
         self.tp = self.fp = 0
         self.recall = self.fpr = self.pro = 0.0  # last point; every curve starts at (0, 0)
         self.auroc = self.ap = self.f1 = 0.0
@@ -140,7 +190,11 @@ class _Sweep:
         pro[-1] += extra[2]
 
         recall = tp / self.n_pos
-        self.ap += float(np.sum(np.diff(recall, prepend=self.recall) * (tp / (tp + fp))))
+        precision = tp / (tp + fp)
+        self.ap += float(np.sum(np.diff(recall, prepend=self.recall) * precision))
+        if self.sampler is not None:
+            self.sampler.add({"fpr": fp / max(self.n_neg, 1), "tpr": recall, "precision": precision,
+                              **({"pro": pro} if self.with_pro else {})})
         self.f1 = max(self.f1, float(np.max(2.0 * tp / (2 * tp + fp + (self.n_pos - tp)))))
         if self.n_neg:
             fpr = np.concatenate(([self.fpr], fp / self.n_neg))
@@ -222,6 +276,34 @@ def stream_pixel_metrics(
     "pixel_aupro@{limit}" per limit}, plain floats or None as in metrics.py: all None without an
     anomalous pixel; AUROC and AUPRO None without a normal pixel. Raises ValueError on NaN/inf.
     """
+    return _stream(pairs, pro, fpr_limits, budget, spill_dir, None)[0]
+
+
+CURVE_BUCKETS = {"fpr": 150, "tpr": 200, "pro": 200}   # a few hundred points per category (CurveSampler)
+
+
+def stream_pixel_metrics_and_curves(
+    pairs: Iterable[tuple[np.ndarray, np.ndarray]],
+    pro: bool = True,
+    fpr_limits: Sequence[float] = (0.3,),
+    budget: int = 1 << 22,
+    spill_dir: str | None = None,
+) -> tuple[dict[str, float | None], dict[str, list[float]] | None]:
+    """The metrics of :func:`stream_pixel_metrics` and a subset of the exact curve points behind them.
+
+    Returns (metrics, curves); curves = {"fpr", "tpr", "precision"[, "pro"]}: K floats each, one entry per kept
+    threshold (descending), the exact cumulative rates there (``pro`` only when the PRO curve is defined; ``fpr``
+    all 0 without a normal pixel); None without an anomalous pixel. K <= about 1,000, typically a few hundred.
+    """
+    limits = [float(limit) for limit in fpr_limits]
+    buckets = {k: v for k, v in CURVE_BUCKETS.items() if pro or k != "pro"}
+    metrics_out, sampler = _stream(pairs, pro, limits, budget, spill_dir, CurveSampler(buckets))
+    return metrics_out, (sampler.points() if sampler is not None and sampler.final is not None else None)
+
+
+def _stream(pairs, pro, fpr_limits, budget, spill_dir, sampler: CurveSampler | None
+            ) -> tuple[dict[str, float | None], CurveSampler | None]:
+    """The computation behind both entry points; ``sampler`` (optional) keeps curve points."""
     limits = [float(limit) for limit in fpr_limits]
     for limit in limits:
         if not 0.0 < limit <= 1.0:
@@ -235,8 +317,8 @@ def stream_pixel_metrics(
         with os.fdopen(fd, "w+b") as fh:
             runs, n_pos, n_neg, n_components = _spill(pairs, fh)
             if n_pos == 0:
-                return out
-            sweep = _Sweep(n_pos, n_neg, n_components, sorted({0.3, *limits}), pro)
+                return out, None
+            sweep = _Sweep(n_pos, n_neg, n_components, sorted({0.3, *limits}), pro, sampler)
             _merge(fh, runs, budget, sweep)
     finally:
         os.unlink(path)
@@ -248,4 +330,4 @@ def stream_pixel_metrics(
         out["pixel_aupro"] = sweep.pro_area[0.3] / 0.3
         for limit in limits:
             out[aupro_key(limit)] = sweep.pro_area[limit] / limit
-    return out
+    return out, sampler

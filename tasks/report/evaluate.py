@@ -1,4 +1,5 @@
-"""Per-category evaluation results: the cached ``category_evaluation`` items, previews and saved maps."""
+"""Per-category evaluation results: the cached ``category_evaluation`` items, saved maps, and where the report's
+previews (``tasks.report.figures_stage``: top-N and bottom-N overlays, curves, histograms) find their inputs."""
 from __future__ import annotations
 
 import os
@@ -19,14 +20,29 @@ from tasks.engine.stage import ItemSet
 from tasks.report.evaluation_stage import category_evaluation, normalised
 
 
+class PreviewSource:
+    """What the report's figures of one category are made from: the run, its evaluation item's artifact, the maps
+    and their item table, the category's members (the evaluation set), and N of the top-N / bottom-N previews.
+
+    A plain class, not a dataclass: Prefect walks the dataclasses among a task's arguments, and this one leads to
+    every record of the run."""
+
+    __slots__ = ("ctx", "run", "evaluation", "maps", "members", "map_items", "previews")
+
+    def __init__(self, ctx: RunContext, run: RunState, evaluation: ArtifactRef, maps: ArtifactRef,
+                 members: tuple[ImageItem, ...], map_items: dict[str, str], previews: int) -> None:
+        self.ctx, self.run, self.evaluation, self.maps = ctx, run, evaluation, maps
+        self.members, self.map_items, self.previews = members, map_items, previews
+
+
 @dataclass
 class CategoryResult:
     category: str
     images: list[dict] = field(default_factory=list)        # {id, path, category, label, score}
     failures: dict[str, str] = field(default_factory=dict)  # path -> reason
     metrics: dict[str, float | None] | None = None
-    previews: list[tuple[ImageRecord, np.ndarray]] = field(default_factory=list)  # (record, normalised map)
     constant_maps: bool = False   # category min-max normalisation met one value everywhere (official: NaN)
+    source: PreviewSource | None = None   # None: no figures (a result built outside a run)
 
 
 def map_relpath(rec: ImageRecord) -> str:
@@ -65,8 +81,8 @@ def evaluate_categories(ctx: RunContext, run: RunState, maps: ArtifactRef | dict
     """Run the cached ``category_evaluation`` stage (one set item per category) and turn its items into results.
 
     maps: one artifact for every category, or one per category. scores: an optional per-image score artifact
-    (``score`` scalar per image) used instead of each map's maximum. Saved maps and previews read only the maps
-    they show. map_items: {image id: item id} when the maps artifact does not key its items by image (its ids
+    (``score`` scalar per image) used instead of each map's maximum. Saved maps read the maps; previews (N top and
+    N bottom images, drawn when the report is written) read only the maps they show. map_items: {image id: item id} when the maps artifact does not key its items by image (its ids
     enter the evaluation's key, per category)."""
     by_category: dict[str, list[ImageItem]] = defaultdict(list)
     for item in run.alive:
@@ -97,17 +113,18 @@ def evaluate_categories(ctx: RunContext, run: RunState, maps: ArtifactRef | dict
             item = groups[cat].item(evaluated.ref.side)
             if view.has(item):
                 run.notes.extend(view.meta(item).get("notes", []))
-                results.append(_category_result(cat, view.read(item), groups[cat], ref, map_view, previews,
+                source = PreviewSource(ctx, run, evaluated.ref, ref, groups[cat].members, mapped, previews)
+                results.append(_category_result(cat, view.read(item), groups[cat], ref, map_view, source,
                                                 save_maps_dir, mapped))
     return sorted(results, key=lambda r: r.category)
 
 
-def _category_result(category: str, data, group: ItemSet, maps: ArtifactRef, map_view, previews: int,
+def _category_result(category: str, data, group: ItemSet, maps: ArtifactRef, map_view, source: PreviewSource,
                      save_maps_dir: str | None, map_items: dict[str, str]) -> CategoryResult:
     meta = data.meta
     by_id = {m.image_id: m for m in group.members}
     norm = tuple(meta["norm"]) if meta["norm"] else None
-    result = CategoryResult(category, metrics=meta["metrics"], constant_maps=meta["constant_maps"])
+    result = CategoryResult(category, metrics=meta["metrics"], constant_maps=meta["constant_maps"], source=source)
     result.failures = {by_id[i].record.path: reason for i, reason in meta["failures"].items()}
     kept = [by_id[i] for i in meta["members"]]
     image_scores = data.arrays["scores"]
@@ -117,8 +134,6 @@ def _category_result(category: str, data, group: ItemSet, maps: ArtifactRef, map
                               "label": rec.label, "score": float(score)})
     read = (lambda item: normalised(map_view.read(map_items.get(item.image_id) or image_item(maps, item))
                                     .arrays["map"], norm))
-    for n in np.argsort(-image_scores, kind="stable")[:previews]:
-        result.previews.append((kept[n].record, read(kept[n])))
     if save_maps_dir:   # at the image's own size: the official MVTec AD / LOCO scripts accept no other
         for item in kept:
             save_map(save_maps_dir, item.record, resize_to(read(item), image_size(item.record.path)))

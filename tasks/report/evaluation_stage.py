@@ -5,7 +5,9 @@
                         (-1 = unlabelled)
                         meta: members [image id], metrics {name: value | None}, norm [lo, hi] (the category
                         min-max, applied again for previews and saved maps), constant_maps, failures
-                        {image id: reason} (ground truth that could not be read; those images are left out)
+                        {image id: reason} (ground truth that could not be read; those images are left out),
+                        curves {"pixel": {"fpr", "tpr", "precision"[, "pro"]} K floats each (a few hundred exact
+                        points of the pixel ROC / PR / PRO curves, ``tasks.metrics_stream.CurveSampler``) | None}
 
 Pixel metrics stream (``tasks.metrics_stream``): maps are read one at a time, twice (min-max, then the metrics),
 and merged from per-image sorted runs, so peak memory does not grow with the number of images. A warm rerun
@@ -26,7 +28,7 @@ from tasks.engine.context import ImageItem
 from tasks.engine.inputs import ABSENT
 from tasks.engine.runner import WorkItem
 from tasks.engine.stage import ItemSet, StageCall, declare_stage
-from tasks.metrics_stream import stream_pixel_metrics
+from tasks.metrics_stream import stream_pixel_metrics_and_curves
 from tasks.saa import fusion
 
 # Pixels held by a merge step (≈ 100 bytes each). The results do not depend on it (exact at any budget), so it is
@@ -90,8 +92,9 @@ def _evaluate(call: StageCall, group: ItemSet) -> ItemData:
             yield amap, ground_truth(m, p["resolution"])
 
     labelled = bool(kept) and all(truths[m.image_id] for m in kept)
+    pixel_curves = None
     if labelled:
-        result = stream_pixel_metrics(pairs(), pro=p["pro"], budget=MERGE_BUDGET)
+        result, pixel_curves = stream_pixel_metrics_and_curves(pairs(), pro=p["pro"], budget=MERGE_BUDGET)
         values: dict | None = {k: result[k] for k in metrics.PIXEL_KEYS}
     else:
         for _ in pairs():
@@ -107,10 +110,11 @@ def _evaluate(call: StageCall, group: ItemSet) -> ItemData:
     return ItemData({"scores": scores, "labels": labels},
                     {"members": [m.image_id for m in kept], "metrics": values,
                      "norm": list(norm) if norm else None,
-                     "constant_maps": bool(norm is not None and hi <= lo), "failures": failures})
+                     "constant_maps": bool(norm is not None and hi <= lo), "failures": failures,
+                     "curves": {"pixel": pixel_curves}})
 
 
-@declare_stage("category_evaluation", 4, params=("normalise", "resolution", "pro", "map_items"),
+@declare_stage("category_evaluation", 5, params=("normalise", "resolution", "pro", "map_items"),
                upstream=("maps", "scores?"),
                produces="set", side_inputs=("mask",))
 def category_evaluation(call: StageCall, batch: list[WorkItem]) -> list[ItemData]:

@@ -14,6 +14,7 @@ from tasks.engine.context import RunContext
 from tasks.engine.fallbacks import fallback_note
 from tasks.engine.run_state import RunState
 from tasks.report.evaluate import CategoryResult, evaluate_categories
+from tasks.report.figures_stage import figures_for_report
 from tasks.report.post_run import after_evaluation, exit_code
 from tasks.report.report_html import render_html
 from tasks.report.report_json import build_report, write_json_atomic
@@ -34,12 +35,15 @@ def _kept(ctx: RunContext, state: RunState, what: str, exc: OSError) -> ReportEr
 
 @task(cache_policy=NO_CACHE, persist_result=False)
 def write_reports(out_dir: str, report: dict, categories: list[CategoryResult]) -> str:
+    """report.json and report.html; the html's pictures come from the cached ``report_figures`` stage (its
+    statistics and any figure note are added to ``report``)."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "report.json")
+    figures = figures_for_report(report, categories)
     write_json_atomic(path, report)
     html_path = os.path.join(out_dir, "report.html")
     with open(html_path + ".tmp", "w", encoding="utf-8") as fh:
-        fh.write(render_html(report, categories))
+        fh.write(render_html(report, figures))
     os.replace(html_path + ".tmp", html_path)
     return path
 

@@ -1,68 +1,92 @@
-"""report.html: metrics, stage statistics, failures and a few overlays, in one self-contained page."""
+"""report.html: one self-contained page rendered from ``templates/report.html.j2`` (Jinja2, autoescaped).
+
+Its size does not grow with the number of images: per category it embeds one curve panel, one histogram and
+2 x N thumbnails (the cached ``report_figures`` items), and it lists at most MAX_FAILURES failures and MAX_NOTES
+notes (the rest stay in report.json).
+"""
 from __future__ import annotations
 
 import base64
-import html
-import io
+import json
+from functools import lru_cache
+from typing import Any
 
-import cv2
-import numpy as np
-from PIL import Image
+from tasks.report.figures_stage import CategoryFigures
+from tasks.report.report_json import detail_text
 
-from tasks.datasets.image_io import read_image
-from tasks.report.evaluate import CategoryResult
-
-_STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:1em 0}"
-          "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#eee}"
-          ".warn{background:#fff3cd;border:1px solid #e0c060;padding:.8em}figure{display:inline-block;margin:4px}"
-          "figcaption{font-size:11px;max-width:200px;word-break:break-all}")
+MAX_FAILURES = 50
+MAX_NOTES = 30
+MAX_NOTE_CHARS = 1_000
+MAX_EXAMPLES, MAX_EXAMPLE_CHARS, MAX_KWARGS_CHARS = 5, 80, 300
 
 
-def overlay_png(image_path: str, anomaly_map: np.ndarray, size: int = 200) -> str:
-    """Base64 PNG of the image with the map (R x R, values in [0, 1]) as a JET heat overlay."""
-    rgb = cv2.resize(read_image(image_path), (size, size), interpolation=cv2.INTER_AREA)
-    heat = cv2.applyColorMap((np.clip(cv2.resize(anomaly_map, (size, size)), 0, 1) * 255).astype(np.uint8),
-                             cv2.COLORMAP_JET)[..., ::-1]
-    blended = (0.55 * rgb + 0.45 * heat).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(blended).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
 
 
-def _fmt(v) -> str:
-    return "–" if v is None else f"{100 * v:.1f}"
+def _number(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4g}"
 
 
-def render_html(report: dict, categories: list[CategoryResult]) -> str:
-    e = html.escape
-    parts = [f"<!doctype html><meta charset='utf-8'><title>anomflow {e(report['method'])}</title>",
-             f"<style>{_STYLE}</style><h1>anomflow · {e(report['method'])}</h1>",
-             f"<p>run {e(report['run_id'])} · {len(report['images'])} images · {len(report['failures'])} failures · "
-             f"{report['wall_seconds']:.1f} s</p>"]
-    if report.get("warning"):
-        parts.append(f"<p class='warn'><b>Stand-in models.</b> {e(report['warning'])}</p>")
-    for note in report.get("notes", []):
-        parts.append(f"<p class='warn'>{e(note)}</p>")
-    parts.append("<h2>Models</h2><ul>" + "".join(
-        f"<li>{e(m['name'])} <code>{e(str(m['weights_sha256'])[:16])}</code>{' (tiny)' if m.get('tiny') else ''}"
-        f"{' (random weights)' if m.get('random_weights') else ''}</li>" for m in report["models"]) + "</ul>")
-    if report["metrics"]:
-        keys = list(next(iter(report["metrics"].values())))
-        rows = "".join(f"<tr><th>{e(cat)}</th>" + "".join(f"<td>{_fmt(v.get(k))}</td>" for k in keys) + "</tr>"
-                       for cat, v in report["metrics"].items())
-        parts.append("<h2>Metrics (%)</h2><table><tr><th>category</th>" +
-                     "".join(f"<th>{e(k)}</th>" for k in keys) + f"</tr>{rows}</table>")
-    rows = "".join(f"<tr><th>{e(s['name'])}</th><td>{s['computed']}</td><td>{s['reused']}</td><td>{s['failed']}</td>"
-                   f"<td>{s['seconds']:.2f}</td></tr>" for s in report["stages"])
-    parts.append("<h2>Stages</h2><table><tr><th>stage</th><th>computed</th><th>reused</th><th>failed</th>"
-                 f"<th>seconds</th></tr>{rows}</table>")
-    if report["failures"]:
-        parts.append("<h2>Failures</h2><ul>" + "".join(
-            f"<li><code>{e(f['path'])}</code>: {e(f['reason'])}</li>" for f in report["failures"]) + "</ul>")
-    parts.append("<h2>Highest-scoring images</h2>")
-    for cat in categories:
-        for rec, amap in cat.previews:
-            caption = f"{rec.category}/{rec.defect_type or '?'}/{rec.stem}"
-            parts.append(f"<figure><img src='data:image/png;base64,{overlay_png(rec.path, amap)}'>"
-                         f"<figcaption>{e(caption)}</figcaption></figure>")
-    return "\n".join(parts)
+def _label_text(label: int | None) -> str:
+    return {1: "anomalous", 0: "good"}.get(label, "unlabelled")
+
+
+def _data_uri(payload: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(payload).decode('ascii')}"
+
+
+def _short_json(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= MAX_KWARGS_CHARS else text[:MAX_KWARGS_CHARS] + "…"
+
+
+def _examples(values: list | None) -> str:
+    shown = [str(v)[:MAX_EXAMPLE_CHARS] for v in (values or [])[:MAX_EXAMPLES]]
+    more = len(values or []) - len(shown)
+    return ", ".join(shown) + (f" (+{more})" if more > 0 else "")
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_NOTE_CHARS else text[:MAX_NOTE_CHARS] + " … (whole note in report.json)"
+
+
+@lru_cache(maxsize=1)
+def _template():
+    from jinja2 import Environment, PackageLoader, StrictUndefined
+
+    env = Environment(loader=PackageLoader("tasks.report", "templates"), autoescape=True,
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(pct=_pct, number=_number, label_text=_label_text, data_uri=_data_uri,
+                       short_json=_short_json, examples=_examples, detail=lambda d: detail_text(d).strip(" ()"))
+    return env.get_template("report.html.j2")
+
+
+def _category_counts(images: list[dict]) -> str:
+    good = sum(1 for i in images if i["label"] == 0)
+    bad = sum(1 for i in images if i["label"] == 1)
+    unknown = len(images) - good - bad
+    parts = [f"{len(images)} images", f"{good} good", f"{bad} anomalous"] + ([f"{unknown} unlabelled"] if unknown else [])
+    return " · ".join(parts)
+
+
+def render_html(report: dict, figures: dict[str, CategoryFigures] | None = None) -> str:
+    """The page for one report.json dict (keys of ``tasks.report.report_json.build_report`` plus ``decisions``,
+    ``validation`` and ``alerts``, each None or its section). figures: {category: its cached pictures}."""
+    figures = figures or {}
+    by_category: dict[str, list[dict]] = {}
+    for image in report["images"]:
+        by_category.setdefault(image["category"], []).append(image)
+    thresholds = ((report.get("decisions") or {}).get("thresholds")) or {}
+    names = sorted(set(by_category) | set(figures))
+    categories = [{"name": n, "counts": _category_counts(by_category.get(n, [])), "figures": figures.get(n),
+                   "threshold": thresholds.get(n)} for n in names]
+    metric_keys = list(next(iter(report["metrics"].values()))) if report["metrics"] else []
+    every = sorted(c for c in report["metrics"] if c != "mean")
+    partial = [(k, cats) for k, cats in report.get("mean_covers", {}).items() if sorted(cats) != every]
+    notes = [_clip(str(n)) for n in report.get("notes", [])]
+    return _template().render(
+        report={**{"decisions": None, "validation": None, "alerts": None}, **report},
+        notes=notes[:MAX_NOTES], notes_left_out=max(0, len(notes) - MAX_NOTES),
+        metric_keys=metric_keys, partial_means=partial, categories=categories,
+        failures=report["failures"][:MAX_FAILURES], failures_left_out=max(0, len(report["failures"]) - MAX_FAILURES))
