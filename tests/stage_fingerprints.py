@@ -27,7 +27,8 @@ STAGE_MODULES = ("tasks/stages/sam.py", "tasks/stages/grounding_dino.py", "tasks
                  "tasks/report/evaluation_stage.py", "tasks/probe/linear_probe.py",
                  "tasks/report/loco_evaluation_stage.py", "tasks/sam_lad/stages_bank.py",
                  "tasks/sam_lad/stages_objects.py", "tasks/sam_lad/stages_match.py",
-                 "tasks/report/figures_stage.py", "tasks/decisions/stage.py")
+                 "tasks/report/figures_stage.py", "tasks/decisions/stage.py",
+                 "tasks/validation/stats_stages.py", "tasks/validation/gx_stage.py")
 PROJECT_PACKAGES = ("tasks", "stores")   # code in these is followed across modules
 
 
