@@ -43,3 +43,8 @@ def check_post_options(post: PostRunOptions, store_url: str) -> None:
         from tasks.decisions.thresholds_file import load_thresholds
 
         load_thresholds(post.thresholds)
+    from tasks.validation.checks import check_baseline, check_expected_counts, check_metric_floors
+
+    check_baseline(store_url, post.baseline_run)
+    check_metric_floors(post.metric_floors)
+    check_expected_counts(post.expected_counts)
