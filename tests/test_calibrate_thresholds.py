@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from flows.methods import METHODS
-from tasks.decisions.thresholds import f1_max_threshold, frr_threshold
 from tasks.datasets.synth import write_synthetic_mvtec
+from tasks.decisions.thresholds import f1_max_threshold, frr_threshold
 from tasks.models import calls
 from tests.flow_helpers import run_cli, run_saa
 

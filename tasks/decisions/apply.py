@@ -33,12 +33,13 @@ IGNORED_CONFIG = ("batch_size", "normalise")   # neither changes a raw score (no
 
 def evaluation_norms(ctx, state) -> dict[str, tuple[float, float] | None]:
     """category -> the (lo, hi) its evaluation scaled the maps with (None: not scaled), for the categories whose
-    ``category_evaluation`` item is found (the item of the set ``category:<name>`` of the run's images)."""
+    evaluation item is found (``category_evaluation`` or ``loco_evaluation``: the item of the set
+    ``category:<name>`` of the run's images, as ``tasks.report.evaluate`` names it)."""
     by_category: dict[str, list] = defaultdict(list)
     for item in state.alive:
         by_category[item.record.category].append(item)
     found: dict[str, tuple[float, float] | None] = {}
-    for ref in dict.fromkeys(r for r in state.artifacts if r.stage == "category_evaluation"):
+    for ref in dict.fromkeys(r for r in state.artifacts if r.stage in ("category_evaluation", "loco_evaluation")):
         view = ctx.store.open(ref)
         for category, items in by_category.items():
             item = ItemSet(f"category:{category}", tuple(items)).item(ref.side)
