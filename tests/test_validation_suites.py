@@ -10,7 +10,7 @@ from tasks.datasets.records import ImageRecord
 from tasks.engine.context import ImageItem
 from tasks.validation import frames
 from tasks.validation.baseline import drift_bounds, score_summary
-from tasks.validation.gx_stage import run_suites
+from tasks.validation.gx_stage import referenced_files, run_suites, zip_directory
 from tasks.validation.stats_stages import map_summary, pixel_statistics
 from tasks.validation.suites import manifest_suite, metrics_suite, outputs_suite
 
@@ -89,8 +89,13 @@ def _run(tmp_path, defects: bool):
 
 
 @pytest.fixture(scope="module")
-def good(tmp_path_factory):
-    return _run(tmp_path_factory.mktemp("good"), defects=False)
+def good_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("good")
+
+
+@pytest.fixture(scope="module")
+def good(good_dir):
+    return _run(good_dir, defects=False)
 
 
 @pytest.fixture(scope="module")
@@ -179,3 +184,14 @@ def test_map_summary_counts_non_finite_values():
     summary = map_summary(amap)
     assert summary.arrays["nonfinite"] == 2 and summary.meta == {"min": 0.25, "max": 0.5}
     assert map_summary(np.full((2, 2), np.nan, np.float32)).meta == {"min": None, "max": None}
+
+
+def test_data_docs_keep_every_page_and_only_the_assets_pages_use(good, good_dir):
+    docs = good_dir / "docs"
+    kept = referenced_files(str(docs))
+    every = [str(p.relative_to(docs)) for p in docs.rglob("*") if p.is_file()]
+    assert "index.html" in kept and {f for f in every if f.endswith(".html")} <= set(kept)
+    assert len([f for f in kept if f.startswith("validations")]) == 3
+    dropped = set(every) - set(kept)
+    assert dropped and all(f.startswith("static") for f in dropped)
+    assert zip_directory(str(docs)).nbytes < sum((docs / f).stat().st_size for f in every) / 4

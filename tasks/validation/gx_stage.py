@@ -108,18 +108,25 @@ def _suite_result(spec: dict, validation) -> dict[str, Any]:
     return {"version": spec["version"], "success": bool(validation.success), "expectations": expectations}
 
 
+def referenced_files(path: str) -> list[str]:
+    """The site's files, less the ``static/`` ones no page names (GX ships tutorial GIFs of several MB for its
+    how-to buttons, which this site does not show), as paths relative to ``path``."""
+    files = sorted(os.path.relpath(os.path.join(folder, n), path) for folder, _, names in os.walk(path) for n in names)
+    pages = "".join(open(os.path.join(path, f), encoding="utf-8", errors="replace").read()
+                    for f in files if f.endswith(".html"))
+    return [f for f in files if not f.startswith("static" + os.sep) or os.path.basename(f) in pages]
+
+
 def zip_directory(path: str) -> np.ndarray:
-    """A folder as a deflated zip, D uint8 (what the store keeps)."""
+    """A Data Docs site as a deflated zip (``referenced_files``), D uint8 (what the store keeps)."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for folder, _, files in os.walk(path):
-            for name in sorted(files):
-                full = os.path.join(folder, name)
-                archive.write(full, os.path.relpath(full, path))
+        for name in referenced_files(path):
+            archive.write(os.path.join(path, name), name)
     return np.frombuffer(buffer.getvalue(), np.uint8).copy()
 
 
-@declare_stage("validation_results", 1, params=("suite_versions",),
+@declare_stage("validation_results", 2, params=("suite_versions",),
                upstream=("image_statistics", "map_statistics?"), produces="set")
 def validation_results(call: StageCall, batch: list[WorkItem]) -> list[ItemData]:
     """Each item: the suites run on their tables (payload {tables, suites}), results and the Data Docs zip."""
