@@ -175,8 +175,6 @@ def test_run_with_a_malformed_thresholds_file_is_refused_before_work(tmp_path, s
     assert report == {} and calls.total_calls() == 0
 
 
-@pytest.mark.xfail(strict=True, reason="check_post_options(post, store) does not receive the run's method; "
-                   "the method check needs it passed from run_cmd.execute (see the H3 report)")
 def test_run_with_another_methods_thresholds_is_refused_before_work(tmp_path, synth_root):
     path = _bad_file(tmp_path, method="sam-lad")
     calls.reset_counters()

@@ -37,12 +37,13 @@ def post_options(thresholds: str | None, baseline: str | None, fail_on_validatio
                           webhook_url=webhook, alert_anomaly_rate=anomaly_rate)
 
 
-def check_post_options(post: PostRunOptions, store_url: str) -> None:
-    """Checks that need the store or a file's content (a baseline run that exists, a readable thresholds file)."""
+def check_post_options(post: PostRunOptions, store_url: str, method: str | None = None) -> None:
+    """Checks that need the store or a file's content (a baseline run that exists, a readable thresholds file
+    made for ``method``)."""
     if post.thresholds is not None:
         from tasks.decisions.thresholds_file import load_thresholds
 
-        load_thresholds(post.thresholds)
+        load_thresholds(post.thresholds, method)
     from tasks.validation.checks import check_baseline, check_expected_counts, check_metric_floors
 
     check_baseline(store_url, post.baseline_run)

@@ -98,7 +98,7 @@ def execute(method: str, dataset: str, root: str, categories: list[str] | None, 
         check_inputs(config, dataset, root, categories)
         open_store(store)
         if post is not None:
-            check_post_options(post, store)
+            check_post_options(post, store, method)
     except UsageError as exc:
         fail_usage(str(exc))
     for note in notes + ([api_note] if api_note else []):
