@@ -26,6 +26,7 @@ EXIT_OK, EXIT_PARTIAL, EXIT_VALIDATION = 0, 3, 4
 def after_evaluation(ctx, state, categories: list, report: dict, out_dir: str) -> None:
     """Decisions (with thresholds), validation (unless switched off), then alerts; each adds its section to the
     report (``decisions``, ``validation``, ``alerts``) and its time to ``report["timings"]``."""
+    import os
     import time
 
     from tasks.alerts import send_alerts
@@ -34,7 +35,7 @@ def after_evaluation(ctx, state, categories: list, report: dict, out_dir: str) -
 
     for name, step in (("decisions", lambda: apply_decisions(ctx, state, report, out_dir)),
                        ("validation", lambda: validate_run(ctx, state, categories, report, out_dir)),
-                       ("alerts", lambda: send_alerts(ctx.post, report))):
+                       ("alerts", lambda: send_alerts(ctx.post, report, os.path.join(out_dir, "report.json")))):
         started = time.perf_counter()
         report[name] = step()
         report["timings"][name] = round(time.perf_counter() - started, 3)
