@@ -137,3 +137,17 @@ def test_no_validation_still_records_the_summary(data, tmp_path):
     assert not os.path.exists(tmp_path / "o" / "data_docs")
     assert "image_statistics" not in stage_counts(report)
     assert ArtifactStore(store).run_info(report["run_id"]).record["score_summary"]["categories"]
+
+
+def test_a_crash_inside_gx_is_a_failed_validation_with_its_reason(first, data, tmp_path, monkeypatch):
+    store, _, _, models = first
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("metric backend exploded")
+    monkeypatch.setattr("tasks.validation.gx_stage.run_suites", crash)
+    code, report, output = run_saa(data, store, str(tmp_path / "o"), models, *ORACLE, "--fail-on-validation",
+                                   "--metric-floor", "image_ap=0.01")     # new content: the stage computes
+    assert code == 4, output
+    validation = report["validation"]
+    assert validation["success"] is False and validation["data_docs"] is None
+    assert "metric backend exploded" in validation["error"] and "validation_results" in stage_counts(report)

@@ -33,6 +33,7 @@ from tasks.validation.suites import SUITE_VERSIONS, manifest_suite, metrics_suit
 STATS_BATCH = 256   # statistics items per committed pack (they are tiny; the run's model batch size is not theirs)
 EVALUATION_STAGES = ("category_evaluation", "loco_evaluation")
 DOCS_DIR = "data_docs"
+_IMPORTING: threading.Thread | None = None   # the background import of GX, once per process
 
 
 def validate_run(ctx: RunContext, state, categories: list, report: dict, out_dir: str) -> dict | None:
@@ -43,7 +44,7 @@ def validate_run(ctx: RunContext, state, categories: list, report: dict, out_dir
     record_summary(ctx.run_id, score_summary(state.method, report["images"]))
     if not ctx.post.validate:
         return None
-    _import_gx_in_background(state)
+    import_gx_in_background(ctx, state)
     stats_ctx = _batched(ctx)
     entries = frames.role_entries(state)
     items = list({item_of(e.item, ("mask",)): e.item for e in entries if e.item}.values())
@@ -67,11 +68,13 @@ def validate_run(ctx: RunContext, state, categories: list, report: dict, out_dir
             "suites": stored.meta["suites"]}
 
 
-def _import_gx_in_background(state) -> threading.Thread | None:
-    """A run that computed anything validates new content: import GX (seconds) in a thread while the statistics
-    are computed (mostly decoding, which releases the GIL). A run that computed nothing, like a warm rerun, does
-    not import it here; its validation is usually stored."""
-    if "great_expectations" in sys.modules or not any(s.computed for s in state.stages):
+def import_gx_in_background(ctx: RunContext, state) -> threading.Thread | None:
+    """A run that computed anything validates new content: import GX (seconds) in a thread while other work goes
+    on (the statistics here: mostly decoding, which releases the GIL). A run that computed nothing, like a warm
+    rerun, does not import it; its validation is usually stored. Idempotent; the end of a run may call it early."""
+    global _IMPORTING
+    if not ctx.post.validate or "great_expectations" in sys.modules or _IMPORTING is not None \
+            or not any(s.computed for s in state.stages):
         return None
 
     def load() -> None:
@@ -80,9 +83,9 @@ def _import_gx_in_background(state) -> threading.Thread | None:
             import pandas  # noqa: F401
         except Exception:  # noqa: BLE001 - the validation stage imports it again and reports the error
             pass
-    thread = threading.Thread(target=load, name="import-great-expectations", daemon=True)
-    thread.start()
-    return thread
+    _IMPORTING = threading.Thread(target=load, name="import-great-expectations", daemon=True)
+    _IMPORTING.start()
+    return _IMPORTING
 
 
 def _batched(ctx: RunContext) -> RunContext:
