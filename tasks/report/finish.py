@@ -16,6 +16,7 @@ from tasks.engine.run_state import RunState
 from tasks.report.evaluate import CategoryResult, evaluate_categories
 from tasks.report.figures_stage import figures_for_report
 from tasks.report.post_run import after_evaluation, exit_code
+from tasks.validation.run import import_gx_in_background
 from tasks.report.report_html import render_html
 from tasks.report.report_json import build_report, write_json_atomic
 
@@ -74,6 +75,7 @@ def finish_run(ctx: RunContext, state: RunState, maps: ArtifactRef | dict[str, A
     references).
     """
     evaluation_started = time.perf_counter()
+    import_gx_in_background(ctx, state)   # a run that computed anything validates new content: import GX meanwhile
     try:
         categories = evaluate_categories(ctx, state, maps, resolution, normalise, save_maps_dir,
                                          max_fprs=tuple(max_fprs), map_items=map_items)
