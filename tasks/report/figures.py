@@ -15,7 +15,8 @@ from tasks.metrics_stream import CurveSampler
 
 DPI = 72
 CONTOUR_RGB = (0, 255, 0)
-HISTOGRAM_COLOURS = {"good": "#2c7fb8", "anomalous": "#d95f0e", "unlabelled": "#777777"}
+HISTOGRAM_COLOURS = {"good": "#2c7fb8", "anomalous": "#d95f0e", "unlabelled": "#777777", "logical": "#d95f0e",
+                     "structural": "#7b3294"}
 
 
 @dataclass(frozen=True)

@@ -156,7 +156,7 @@ def _figures(call: StageCall, group: ItemSet) -> ItemData:
                     {"thumbnails": described, "notes": notes})
 
 
-@declare_stage("report_figures", 1, params=("top_n", "thumbnail_px", "map_items"),
+@declare_stage("report_figures", 2, params=("top_n", "thumbnail_px", "map_items"),
                upstream=("evaluation", "maps"), produces="set", side_inputs=("mask",))
 def report_figures(call: StageCall, batch: list[WorkItem]) -> list[ItemData]:
     """Each item: one category's curve panels, score histogram and top / bottom thumbnails (module docstring)."""
