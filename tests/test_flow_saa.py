@@ -150,16 +150,17 @@ def test_store_ls_and_gc_commands_on_a_used_store(synth_root, models_dir, tmp_pa
     run_saa(synth_root, store, str(tmp_path / "o1"), models_dir)
     run_saa(synth_root, store, str(tmp_path / "o2"), models_dir, "--set", "fusion=mean")
     code, listing = run_cli("store", "ls", "--store", store)
-    # five stages, the SAM mask memo, the evaluation; then the second anomaly_map and its evaluation
-    assert code == 0 and "9 artifacts" in listing
+    # five stages, the SAM mask memo, the evaluation, its report figures and the three validation stages; then the
+    # second anomaly_map and what reads it: its evaluation, figures, map statistics and validation results
+    assert code == 0 and "16 artifacts" in listing
     assert '"fusion":"mean"' in listing and "image_embedding" in listing
     code, out = run_cli("store", "gc", "--store", store, "--grace-minutes", "0", "--dry-run")
     assert code == 0 and "would remove 0 run records, 0 artifacts" in out  # both runs name every artifact (memo too)
     code, out = run_cli("store", "gc", "--store", store, "--grace-minutes", "0", "--keep-runs", "1")
-    assert code == 0 and "removed 1 run records, 2 artifacts" in out and "anomaly_map/" in out
-    assert "category_evaluation/" in out
+    assert code == 0 and "removed 1 run records, 5 artifacts" in out and "anomaly_map/" in out
+    assert "category_evaluation/" in out and "report_figures/" in out and "validation_results/" in out
     code, listing = run_cli("store", "ls", "--store", store)
-    assert "7 artifacts" in listing and '"fusion":"mean"' in listing and "sam_prompt_masks" in listing
+    assert "11 artifacts" in listing and '"fusion":"mean"' in listing and "sam_prompt_masks" in listing
 
 
 def test_synth_command_writes_mvtec_layout(tmp_path):
