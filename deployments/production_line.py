@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--root {args.root}: no such folder")
         post = post_options(args.thresholds, args.baseline, args.fail_on_validation, args.validation,
                             args.metric_floor, args.expected_counts, args.alert_webhook, args.alert_anomaly_rate)
-        check_post_options(post, args.store)
+        check_post_options(post, args.store, args.method)
         os.makedirs(args.out, exist_ok=True)
         deployment = build_deployment(args.method, args.root, args.cron, args.store, args.out, args.overrides,
                                       args.models_dir, args.name, post, args.allow_tiny, args.on_overlap)
