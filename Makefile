@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(BIN)/anomflow demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_saa.py

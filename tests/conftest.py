@@ -5,6 +5,10 @@ import os
 import tempfile
 
 _PREFECT_HOME = tempfile.mkdtemp(prefix="anomflow-prefect-")
+if os.environ.get("PYTEST_XDIST_WORKER") and os.path.basename(os.environ.get("PREFECT_HOME", "")).startswith(
+        "anomflow-prefect-"):
+    os.environ["PREFECT_HOME"] = _PREFECT_HOME   # each xdist worker its own (the controller's is inherited)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")   # two workers on two cores: one torch thread each
 os.environ.setdefault("PREFECT_HOME", _PREFECT_HOME)
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("ANOMFLOW_PREFECT_SERVER", "ephemeral")   # CLI subprocesses leave no server behind

@@ -23,6 +23,11 @@ def run_saa(root: str, store: str, out: str, models_dir: str, *extra: str, datas
     return code, report, output
 
 
+# What the end of every run computes from the maps: evaluation, the report's figures, the maps' statistics and the
+# validation (a new map recomputes them; they hold no model call).
+AFTER_MAPS = ("category_evaluation", "report_figures", "map_statistics", "validation_results")
+
+
 def stage_counts(report: dict) -> dict[str, tuple[int, int]]:
     """stage name -> (computed, reused)."""
     return {s["name"]: (s["computed"], s["reused"]) for s in report["stages"]}

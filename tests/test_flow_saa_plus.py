@@ -9,7 +9,7 @@ import yaml
 
 from stores import ArtifactStore
 
-from tests.flow_helpers import run_cli, run_saa, stage_counts
+from tests.flow_helpers import AFTER_MAPS, run_cli, run_saa, stage_counts
 
 
 def _table(tmp_path, captions=("crack",), n_multi=3):
@@ -48,7 +48,7 @@ def test_saa_plus_runs_caches_and_reuses_per_caption(synth_root, models_dir, tmp
         _, r, _ = _plus(synth_root, store, str(tmp_path / "o4"), models_dir, "--set", f"expert_table={more}", *extra)
         counts = stage_counts(r)
         assert counts["saa_plus_map"] == (n, 0)
-        assert all(c == 0 for name, (c, _) in counts.items() if name not in ("saa_plus_map", "category_evaluation"))
+        assert all(c == 0 for name, (c, _) in counts.items() if name not in ("saa_plus_map", *AFTER_MAPS))
     assert counters.total_calls() == 0
 
 
@@ -86,7 +86,7 @@ def test_ablate_writes_all_variants_from_one_cache(synth_root, models_dir, tmp_p
     assert full["image_embedding"]["computed"] == 0          # computed once, by the vanilla SAA variant
     for variant in ("no_saliency", "no_confidence"):
         stages = {s["name"]: s for s in summary["variants"][variant]["stages"]}
-        assert all(s["computed"] == 0 for name, s in stages.items() if name not in ("saa_plus_map", "category_evaluation"))
+        assert all(s["computed"] == 0 for name, s in stages.items() if name not in ("saa_plus_map", *AFTER_MAPS))
     no_property = {s["name"]: s for s in summary["variants"]["no_property"]["stages"]}
     decoded = no_property["defect_masks"]["detail"]
     assert decoded["boxes_from_memo"] > decoded["boxes_decoded"]   # its boxes mostly decoded by earlier variants

@@ -30,6 +30,7 @@ def test_saa_runs_on_s3_and_a_warm_rerun_makes_no_model_calls(synth_root, models
     assert code == 0 and cold["failures"] == [] and len(cold["images"]) == 8
     counts = stage_counts(cold)
     assert counts.pop("category_evaluation") == (2, 0)              # one set item per category
+    assert counts.pop("report_figures") == (2, 0) and counts.pop("validation_results") == (1, 0)
     assert all(c == 8 for c, _ in counts.values())
     counters.reset_counters()
     code, warm, _ = run_saa(synth_root, store, str(tmp_path / "o2"), models_dir, "--batch-size", "3")

@@ -123,7 +123,8 @@ def test_digitanatomy_variant_switch_recomputes_only_scores_and_map(digits):
     assert code == 0 and report["failures"] == [], output
     assert model_calls == 0 and loads == 0
     expected = {name: (0, computed) for name, (computed, _) in stage_counts(digits["unmatched_only"][1]).items()}
-    expected.update(object_scores=(6, 0), sam_lad_map=(6, 0), category_evaluation=(1, 0))
+    expected.update(object_scores=(6, 0), sam_lad_map=(6, 0), category_evaluation=(1, 0), report_figures=(1, 0),
+                    map_statistics=(6, 0), validation_results=(1, 0))
     assert stage_counts(report) == expected
 
 
