@@ -234,3 +234,14 @@ def test_no_thresholds_no_decisions(tmp_path):
     ctx, state, report = _run(tmp_path, None)
     assert apply_decisions(ctx, state, report, str(tmp_path / "out")) is None
     assert not (tmp_path / "out").exists()
+
+
+def test_a_score_that_is_not_a_number_is_undecided_never_passed():
+    from tasks.decisions.apply import decision_rows
+
+    report = {"images": [{"id": "a", "path": "/d/c/a.png", "category": "c", "score": float("nan")},
+                         {"id": "b", "path": "/d/c/b.png", "category": "c", "score": 0.2},
+                         {"id": "e", "path": "/d/c/e.png", "category": "c", "score": 0.9}], "failures": []}
+    rows = {r["id"]: r for r in decision_rows(report, SimpleNamespace(records=[]), {"c": 0.5})}
+    assert rows["a"]["decision"] == "undecided" and "not finite" in rows["a"]["reason"]
+    assert rows["b"]["decision"] == "pass" and rows["e"]["decision"] == "fail"

@@ -12,6 +12,7 @@ report's histograms can mark it.
 """
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter, defaultdict
 from typing import Any
@@ -96,11 +97,15 @@ def decision_rows(report: dict[str, Any], state, thresholds: dict[str, float]) -
     """One row per image of the run (scored ones, then the failed ones), sorted by category and path."""
     rows = []
     for image in report["images"]:
-        t = thresholds.get(image["category"])
-        decision = "undecided" if t is None else ("fail" if image["score"] > t else "pass")
+        t, score = thresholds.get(image["category"]), float(image["score"])
+        if t is None:
+            decision, reason = "undecided", f"no threshold for category {image['category']}"
+        elif not math.isfinite(score):   # a NaN would compare as "pass": nothing broken may pass silently
+            decision, reason = "undecided", f"score is not finite ({score})"
+        else:
+            decision, reason = ("fail" if score > t else "pass"), None
         rows.append({"id": image["id"], "path": image["path"], "category": image["category"],
-                     "score": float(image["score"]), "threshold": t, "decision": decision,
-                     "reason": f"no threshold for category {image['category']}" if t is None else None})
+                     "score": score, "threshold": t, "decision": decision, "reason": reason})
     category_of = {r.path: r.category for r in state.records}
     for failure in report["failures"]:
         category = category_of.get(failure["path"], "")
