@@ -38,14 +38,16 @@ def _kept(ctx: RunContext, state: RunState, what: str, exc: OSError) -> ReportEr
 def write_reports(out_dir: str, report: dict, categories: list[CategoryResult]) -> str:
     """report.json and report.html; the html's pictures come from the cached ``report_figures`` stage (its
     statistics and any figure note are added to ``report``)."""
+    started = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "report.json")
     figures = figures_for_report(report, categories)
-    write_json_atomic(path, report)
     html_path = os.path.join(out_dir, "report.html")
     with open(html_path + ".tmp", "w", encoding="utf-8") as fh:
         fh.write(render_html(report, figures))
     os.replace(html_path + ".tmp", html_path)
+    report["timings"]["report"] = round(time.perf_counter() - started, 3)
+    path = os.path.join(out_dir, "report.json")
+    write_json_atomic(path, report)   # last, with the report's own time
     return path
 
 
@@ -93,10 +95,7 @@ def finish_run(ctx: RunContext, state: RunState, maps: ArtifactRef | dict[str, A
                           ctx.executor.describe() if ctx.dask_address else None)
     try:
         after_evaluation(ctx, state, categories, report, out_dir)
-        started = time.perf_counter()
         path = write_reports(out_dir, report, categories)
-        report["timings"]["report"] = round(time.perf_counter() - started, 3)
-        write_json_atomic(path, report)   # again, with the report's own time
     except OSError as exc:
         raise _kept(ctx, state, f"could not write the report to {out_dir}", exc) from None
     state.record(ctx, "complete")
