@@ -24,13 +24,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.states import Failed
 
 from flows.methods import METHODS, method_entry
 from tasks.config import apply_overrides
 from tasks.engine.context import RunContext
+from tasks.engine.flow import method_flow
 from tasks.engine.run_state import DatasetSpec
 from tasks.models.registry import default_models_dir
 from tasks.models.resolve import resolve_models
@@ -39,7 +39,7 @@ from tasks.report.post_run import EXIT_VALIDATION, PostRunOptions
 ON_OVERLAP = {"enqueue": ConcurrencyLimitStrategy.ENQUEUE, "cancel": ConcurrencyLimitStrategy.CANCEL_NEW}
 
 
-@flow(name="production-line", persist_result=False)
+@method_flow(name="production-line", persist_result=False)
 def production_line_flow(method: str, config: dict[str, Any], ctx: RunContext, root: str, out: str) -> dict:
     """One scheduled run: ``method`` (its config as JSON) over the folder ``root``, report in ``<out>/<run id>``.
 

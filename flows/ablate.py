@@ -3,17 +3,16 @@ from __future__ import annotations
 
 import os
 
-from prefect import flow
-
 from flows.saa import saa_flow
 from flows.saa_plus import saa_plus_flow
 from tasks.engine.context import RunContext
+from tasks.engine.flow import method_flow
 from tasks.engine.run_state import DatasetSpec
 from tasks.saa_plus.ablation import VARIANTS, variant_config, write_ablation
 from tasks.saa_plus.config import SAAPlusConfig
 
 
-@flow(name="ablate-saa-plus", persist_result=False)
+@method_flow(name="ablate-saa-plus", persist_result=False)
 def ablate_saa_plus_flow(config: SAAPlusConfig, ctx: RunContext, dataset: DatasetSpec, out_dir: str,
                          save_maps_dir: str | None = None, variants: list[str] = list(VARIANTS)) -> dict:
     reports, exit_code = {}, 0

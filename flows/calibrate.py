@@ -1,15 +1,14 @@
 """Calibration flows: wiring only (the logic is in tasks/sam_lad/calibrate.py)."""
 from __future__ import annotations
 
-from prefect import flow
-
 from tasks.engine.context import RunContext
+from tasks.engine.flow import method_flow
 from tasks.engine.run_state import DatasetSpec, start_run
 from tasks.sam_lad import calibrate, objects
 from tasks.sam_lad.config import SAMLADConfig
 
 
-@flow(name="calibrate-sam-lad", persist_result=False)
+@method_flow(name="calibrate-sam-lad", persist_result=False)
 def calibrate_sam_lad_flow(config: SAMLADConfig, ctx: RunContext, dataset: DatasetSpec, out_table: str,
                            expected: int | None = None) -> dict:
     """SAM automatic masks of train/good (cached), then per-category area bounds written to ``out_table``."""

@@ -5,13 +5,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from prefect import flow
-
 from tasks.engine.context import RunContext
+from tasks.engine.flow import method_flow
 from tasks.engine.run_state import DatasetSpec
 
 
-@flow(name="calibrate-thresholds", persist_result=False)
+@method_flow(name="calibrate-thresholds", persist_result=False)
 def calibrate_thresholds_flow(config: Any, ctx: RunContext, dataset: DatasetSpec, out_dir: str,
                               save_maps_dir: str | None = None, *, method: str, split: str, target_frr: float,
                               thresholds_out: str) -> dict:
@@ -22,8 +21,8 @@ def calibrate_thresholds_flow(config: Any, ctx: RunContext, dataset: DatasetSpec
     from flows.methods import method_entry
     from tasks.decisions.export import export_thresholds
 
-    _, method_flow = method_entry(method)
-    outcome = method_flow(config=config, ctx=ctx, dataset=dataclasses.replace(dataset, split=split),
-                          out_dir=out_dir, save_maps_dir=save_maps_dir)
+    _, scoring_flow = method_entry(method)
+    outcome = scoring_flow(config=config, ctx=ctx, dataset=dataclasses.replace(dataset, split=split),
+                           out_dir=out_dir, save_maps_dir=save_maps_dir)
     outcome["calibration"] = export_thresholds(ctx, outcome, target_frr, thresholds_out)
     return outcome

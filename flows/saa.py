@@ -1,16 +1,15 @@
 """SAA flow: wiring only. The plan is tasks/saa/plan.py; shared stages tasks/stages; SAA's own tasks/saa/stages.py."""
 from __future__ import annotations
 
-from prefect import flow
-
 from tasks.engine.context import RunContext
+from tasks.engine.flow import method_flow
 from tasks.engine.run_state import DatasetSpec, start_run
 from tasks.report.finish import finish_run
 from tasks.saa import plan
 from tasks.saa.config import SAAConfig
 
 
-@flow(name="saa", persist_result=False)
+@method_flow(name="saa", persist_result=False)
 def saa_flow(config: SAAConfig, ctx: RunContext, dataset: DatasetSpec, out_dir: str,
              save_maps_dir: str | None = None) -> dict:
     ctx = ctx.started()

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from prefect import flow
-
 from tasks.engine.context import ImageItem, RunContext
+from tasks.engine.flow import method_flow
 from tasks.engine.run_state import DatasetSpec, start_run
 from tasks.report.finish import finish_run
 from tasks.stages import sam as sam_stages
@@ -14,7 +13,7 @@ from tasks.saa_plus.config import SAAPlusConfig
 from tasks.saa_plus.expert import prompts_for
 
 
-@flow(name="saa-plus", persist_result=False)
+@method_flow(name="saa-plus", persist_result=False)
 def saa_plus_flow(config: SAAPlusConfig, ctx: RunContext, dataset: DatasetSpec, out_dir: str,
                   save_maps_dir: str | None = None) -> dict:
     ctx = ctx.started()

@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import dataclasses
 
-from prefect import flow
-
 from tasks.engine.context import RunContext
+from tasks.engine.flow import method_flow
 from tasks.engine.run_state import DatasetSpec, start_run
 from tasks.report.finish import finish_run
 from tasks.sam_lad import plan
 from tasks.sam_lad.config import SAMLADConfig
 
 
-@flow(name="sam-lad", persist_result=False)
+@method_flow(name="sam-lad", persist_result=False)
 def sam_lad_flow(config: SAMLADConfig, ctx: RunContext, dataset: DatasetSpec, out_dir: str,
                  save_maps_dir: str | None = None) -> dict:
     ctx = ctx.started()

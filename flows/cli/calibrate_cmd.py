@@ -139,7 +139,7 @@ def calibrate_areas(
 ) -> None:
     """Pick per-category min/max object areas so that normal images yield the expected object count."""
     from flows.cli.preflight import UsageError, check_inputs, check_store, open_store
-    from flows.cli.prefect_server import choose_prefect_api
+    from flows.cli.prefect_server import choose_prefect_api, flow_run_settings
 
     if method != "sam-lad":
         fail_usage(f"calibrate-areas knows sam-lad only, not {method!r}")
@@ -176,7 +176,9 @@ def calibrate_areas(
                      progress=sys.stderr.isatty())
     spec = DatasetSpec(dataset, os.path.abspath(root), tuple(category) if category else None, split="train")
     try:
-        outcome = calibrate_sam_lad_flow(config=config, ctx=ctx, dataset=spec, out_table=out, expected=expected)
+        with flow_run_settings():
+            outcome = calibrate_sam_lad_flow(config=config, ctx=ctx, dataset=spec, out_table=out,
+                                             expected=expected)
     except ValueError as exc:
         fail_usage(str(exc))
     for r in outcome["categories"]:

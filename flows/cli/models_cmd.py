@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from tasks.models import pull, registry, weights
+from tasks.models import registry, weights
 
 models_app = typer.Typer(
     help="Model weights: list what is registered and present, pull official weights, import local files.",
@@ -82,6 +82,8 @@ def pull_cmd(
     if spec.tiny:
         typer.echo(f"{name} is a tiny model built from seed {spec.seed}; nothing to pull.")
         return
+    from tasks.models import pull   # httpx + tqdm: only this command downloads
+
     try:
         paths = pull.pull(name, mdir, mirror=mirror, progress=progress)
     except weights.WeightsVerificationError as exc:

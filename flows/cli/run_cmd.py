@@ -64,25 +64,28 @@ def execute(method: str, dataset: str, root: str, categories: list[str] | None, 
     dask_address / workers / dask_resources: run stage batches on a Dask cluster (``tasks.engine.distributed``);
     the cluster is connected (or a local one started) after the other checks, and the report names it.
     post: :class:`tasks.report.post_run.PostRunOptions` (decisions, validation, alerts); checked here too."""
-    from flows.cli.prefect_server import choose_prefect_api
-
-    api_note = choose_prefect_api()   # before Prefect is imported: its settings are read on import
-    from flows.methods import METHODS, method_entry
-    from tasks.config import ConfigError, apply_overrides
-    from tasks.datasets.records import DatasetError
-    from tasks.engine.context import RunContext
-    from tasks.engine.run_state import DatasetSpec
-    from tasks.models.registry import default_models_dir
-    from tasks.models.resolve import resolve_models
-    from tasks.models.weights import WeightsMissingError
-    from stores.runs import stop_session
-    from tasks.report.finish import ReportError
-    from tasks.saa_plus.expert import ExpertError
+    from flows.cli.prefect_server import choose_prefect_api, flow_run_settings
+    from flows.cli.startup import imports_without_gc
 
     dataset = dataset.strip().lower()
-    if method not in METHODS:
-        fail_usage(f"unknown method {method!r}; available: {', '.join(sorted(METHODS))}")
-    config_cls, flow_fn = method_entry(method)
+    with imports_without_gc():
+        api_note = choose_prefect_api()   # before Prefect is imported: its settings are read on import
+        from flows.methods import METHODS, method_entry
+        from tasks.config import ConfigError, apply_overrides
+        from tasks.datasets.records import DatasetError
+        from tasks.engine.context import RunContext
+        from tasks.engine.run_state import DatasetSpec
+        from tasks.models.registry import default_models_dir
+        from tasks.models.resolve import resolve_models
+        from tasks.models.weights import WeightsMissingError
+        from stores.runs import stop_session
+        from tasks.report.finish import ReportError
+        from tasks.saa_plus.expert import ExpertError
+
+        if method not in METHODS:
+            fail_usage(f"unknown method {method!r}; available: {', '.join(sorted(METHODS))}")
+        config_cls, flow_fn = method_entry(method)
+        import prefect.flow_engine   # noqa: F401  (the flow call imports it; here, without the collector)
     flow_fn = flow_override or flow_fn
     models_dir = str(models_dir or default_models_dir())
     try:
@@ -113,7 +116,8 @@ def execute(method: str, dataset: str, root: str, categories: list[str] | None, 
         _connect_cluster(ctx, dask_address)
     spec = DatasetSpec(dataset, os.path.abspath(root), tuple(categories) if categories else None)
     try:
-        return flow_fn(config=config, ctx=ctx, dataset=spec, out_dir=out, save_maps_dir=save_maps)
+        with flow_run_settings():
+            return flow_fn(config=config, ctx=ctx, dataset=spec, out_dir=out, save_maps_dir=save_maps)
     except (DatasetError, WeightsMissingError, ExpertError) as exc:
         stop_session(ctx.run_id, "failed", error=str(exc))
         fail_usage(str(exc))

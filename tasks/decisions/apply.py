@@ -17,17 +17,12 @@ import os
 from collections import Counter, defaultdict
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.csv as pa_csv
-import pyarrow.parquet as pq
-
 from flows.cli.preflight import UsageError
 from tasks.decisions.thresholds_file import Thresholds, load_thresholds
 from tasks.engine.stage import ItemSet
 
-SCHEMA = pa.schema([("id", pa.string()), ("path", pa.string()), ("category", pa.string()),
-                    ("score", pa.float64()), ("threshold", pa.float64()), ("decision", pa.string()),
-                    ("reason", pa.string())])
+COLUMNS = (("id", "string"), ("path", "string"), ("category", "string"), ("score", "float64"),
+           ("threshold", "float64"), ("decision", "string"), ("reason", "string"))
 DECISIONS = ("pass", "fail", "error", "undecided")
 IGNORED_CONFIG = ("batch_size", "normalise")   # neither changes a raw score (normalise is mapped, see above)
 
@@ -116,8 +111,13 @@ def decision_rows(report: dict[str, Any], state, thresholds: dict[str, float]) -
 
 def write_decisions(rows: list[dict[str, Any]], out_dir: str) -> dict[str, str]:
     """decisions.parquet and decisions.csv in out_dir, each written to a temporary name and renamed."""
+    import pyarrow as pa          # here: a run without --thresholds does not pay for pyarrow's import
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+
     os.makedirs(out_dir, exist_ok=True)
-    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in COLUMNS])
+    table = pa.Table.from_pylist(rows, schema=schema)
     paths = {"parquet": os.path.join(out_dir, "decisions.parquet"), "csv": os.path.join(out_dir, "decisions.csv")}
     tmp = {kind: f"{path}.{os.getpid()}.tmp" for kind, path in paths.items()}
     pq.write_table(table, tmp["parquet"])

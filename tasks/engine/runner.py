@@ -7,7 +7,6 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from tqdm.auto import tqdm
 
 from stores import ArtifactRef, ArtifactStore, ItemData, artifact_key
 from stores.packs import check_array
@@ -134,6 +133,23 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+_NO_BAR = _NoBar()
+
+
+def _progress_bar(name: str, total: int):
+    from tqdm.auto import tqdm   # here: a stage with nothing to compute draws no bar and imports no tqdm
+
+    return tqdm(total=total, desc=name, unit="item", leave=False)
+
+
 def run_stage(store: ArtifactStore, stage: StageDef, work: Sequence[WorkItem], compute: "ComputeFn | StageCall",
               batch_size: int = 8, progress: bool = True, run_id: str | None = None,
               executor: "BatchExecutor | None" = None) -> StageResult:
@@ -158,7 +174,7 @@ def run_stage(store: ArtifactStore, stage: StageDef, work: Sequence[WorkItem], c
         todo = [w for w in unique if w.item not in done]
         stats = StageStats(stage.name, reused=len(unique) - len(todo))
         failures: dict[str, str] = {}
-        bar = tqdm(total=len(todo), desc=stage.name, unit="item", disable=not progress or not todo, leave=False)
+        bar = _progress_bar(stage.name, len(todo)) if progress and todo else _NO_BAR
 
         def absorb(outcome: BatchOutcome, size: int) -> None:
             stats.computed += outcome.computed

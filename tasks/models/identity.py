@@ -9,6 +9,7 @@ Cheap: no model is built. Three cases, never a hub:
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -41,6 +42,7 @@ def uses_random_weights(spec: registry.ModelSpec, random_weights: bool) -> bool:
     return spec.tiny or random_weights
 
 
+@functools.lru_cache(maxsize=None)   # reading dist-info is slow, and an installed version is fixed for the process
 def _version(dist: str) -> str:
     try:
         return metadata.version(dist)

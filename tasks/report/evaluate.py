@@ -6,9 +6,7 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
-import tifffile
 
 from stores import ArtifactRef
 from tasks.datasets.image_io import image_size
@@ -61,6 +59,8 @@ def resize_to(anomaly_map: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     h, w = int(hw[0]), int(hw[1])
     if anomaly_map.shape == (h, w):
         return anomaly_map.astype(np.float32, copy=False)
+    import cv2   # here: a warm run resizes nothing
+
     return cv2.resize(anomaly_map.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
 
 
@@ -68,6 +68,8 @@ def save_map(out_dir: str, rec: ImageRecord, anomaly_map: np.ndarray) -> str:
     path = os.path.join(out_dir, map_relpath(rec))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
+    import tifffile
+
     tifffile.imwrite(tmp, anomaly_map.astype(np.float32))
     os.replace(tmp, path)
     return path

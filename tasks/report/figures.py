@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 
 from tasks.metrics_stream import CurveSampler
@@ -141,6 +140,8 @@ def overlay_thumbnail(rgb: np.ndarray, anomaly_map: np.ndarray, mask: np.ndarray
     rgb: H x W x 3 uint8; anomaly_map: h x w float in [0, 1] (any size; resized to the thumbnail); mask: H x W
     bool ground truth or None. The map is blended in as a JET heat map, the mask's outer contours drawn on top.
     """
+    import cv2   # here: a warm run's figures are cached, and cv2's import costs 0.05 s
+
     h, w = rgb.shape[:2]
     scale = min(1.0, size / max(h, w))
     tw, th = max(1, round(w * scale)), max(1, round(h * scale))

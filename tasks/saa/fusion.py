@@ -1,7 +1,6 @@
 """From scored region masks to an anomaly map, and from maps to normalised maps and image scores."""
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 
@@ -34,6 +33,8 @@ def resize_map(anomaly_map: np.ndarray, size: int | str) -> np.ndarray:
     keeps H x W (the masks are at the image's own size)."""
     if size == "native":
         return anomaly_map.astype(np.float32, copy=False)
+    import cv2   # here: evaluation imports this module, and a warm run's is cached
+
     return cv2.resize(anomaly_map.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
 
 

@@ -8,6 +8,7 @@ None below two scores). ``--baseline RUN_ID`` bounds this run's statistics by th
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,7 @@ def score_summary(method: str, images: list[dict]) -> dict[str, Any]:
         if not scores.size:
             continue
         categories[category] = {"n": int(scores.size), "mean": float(scores.mean()),
-                                "median": float(np.median(scores)),
+                                "median": statistics.median(scores.tolist()),   # np.median imports numpy.ma
                                 "std": float(scores.std(ddof=1)) if scores.size > 1 else None}
     return {"version": SUMMARY_VERSION, "method": method, "categories": categories}
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 
-import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -47,6 +46,8 @@ def ground_truth_sizes(rec: ImageRecord) -> list[list[int]]:
 
 def pixel_statistics(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """H x W x 3 uint8 -> (mean 3, std 3) float32 per channel (population std; OpenCV's single pass)."""
+    import cv2   # here: a warm run reuses the statistics
+
     mean, std = cv2.meanStdDev(np.ascontiguousarray(rgb))
     return mean.reshape(3).astype(np.float32), std.reshape(3).astype(np.float32)
 
