@@ -103,7 +103,9 @@ def main() -> None:
                      "cold_run_peak_mb": round(cold["PEAK_KB"], 1)})
         print(json.dumps(rows[-1]), flush=True)
     xs = [r["images"] for r in rows]
-    result = {"rows": rows, "map_size": 400,
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()
+    result = {"commit": commit, "rows": rows, "map_size": 400,
               "streamed_mb_per_image": round(slope(xs, [r["streamed_peak_mb"] for r in rows]), 3),
               "in_memory_mb_per_image": round(slope(xs, [r["in_memory_peak_mb"] for r in rows]), 3)}
     (HERE / "results").mkdir(exist_ok=True)
