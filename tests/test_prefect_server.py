@@ -66,3 +66,30 @@ def test_a_bad_port_falls_back_with_a_note(monkeypatch):
     env = {"ANOMFLOW_PREFECT_SERVER": "auto", "ANOMFLOW_PREFECT_PORT": "forty-two"}
     note = choose_prefect_api(env)
     assert note and "not a port number" in note and "PREFECT_API_URL" not in env
+
+
+CHOICE_SPY = """
+import json, sys
+import flows.cli.prefect_server as prefect_server
+seen = []
+prefect_server.choose_prefect_api = lambda environ=None: seen.append("prefect" in sys.modules)
+from typer.testing import CliRunner
+from flows.cli.main import app
+result = CliRunner().invoke(app, json.loads(sys.argv[1]))
+print(json.dumps({"code": result.exit_code, "prefect_imported_at_choice": seen}))
+"""
+
+
+def test_every_command_that_runs_a_flow_picks_the_api_before_prefect_is_imported(tmp_path):
+    """Once Prefect is imported its settings are fixed, and the choice would fall back to a per-process server."""
+    missing = str(tmp_path / "no-such-root")
+    common = ["--dataset", "mvtec", "--root", missing, "--store", str(tmp_path / "store")]
+    for args in (["run", "saa", *common, "--out", str(tmp_path / "o")],
+                 ["ablate", "saa-plus", *common, "--out", str(tmp_path / "a"), "--variant", "no-such-variant"],
+                 ["calibrate", "saa", *common, "--out", str(tmp_path / "t.json")],
+                 ["calibrate-areas", "sam-lad", *common, "--out", str(tmp_path / "areas.yaml")]):
+        done = subprocess.run([sys.executable, "-c", CHOICE_SPY, json.dumps(args)], capture_output=True, text=True,
+                              timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        assert done.returncode == 0, done.stderr[-2000:]
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        assert result == {"code": 2, "prefect_imported_at_choice": [False]}, (args[0], result)

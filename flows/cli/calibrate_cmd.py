@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from flows.cli.run_cmd import ALLOW_TINY, BATCH_SIZE, CATEGORY, DATASET, DEFAULT_STORE as STORE_DEFAULT, DEVICE, \
-    MODELS_DIR, OVERRIDES, PROGRESS, RANDOM_WEIGHTS, ROOT, STORE, execute, fail_usage
+    MODELS_DIR, OVERRIDES, PROGRESS, RANDOM_WEIGHTS, ROOT, STORE, execute, fail_usage, use_prefect_api
 
 EXIT_OK, EXIT_PARTIAL = 0, 3
 
@@ -75,6 +75,7 @@ def calibrate(
     """Per-category pass/fail thresholds (fail when score > threshold) for a target false-reject rate on
     known-good images, or F1-max where a category has labelled anomalies. Exit 0 ok, 3 some images or
     categories failed, 2 usage."""
+    use_prefect_api()
     from flows.calibrate_thresholds import calibrate_thresholds_flow
     from flows.cli.preflight import UsageError
     from tasks.report.post_run import PostRunOptions
@@ -139,13 +140,13 @@ def calibrate_areas(
 ) -> None:
     """Pick per-category min/max object areas so that normal images yield the expected object count."""
     from flows.cli.preflight import UsageError, check_inputs, check_store, open_store
-    from flows.cli.prefect_server import choose_prefect_api, flow_run_settings
+    from flows.cli.prefect_server import flow_run_settings
 
     if method != "sam-lad":
         fail_usage(f"calibrate-areas knows sam-lad only, not {method!r}")
     if expected is not None and expected < 1:
         fail_usage(f"--expected {expected}: needs at least 1 object")
-    choose_prefect_api()
+    use_prefect_api()
     from flows.calibrate import calibrate_sam_lad_flow
     from tasks.config import ConfigError, apply_overrides
     from tasks.engine.context import RunContext

@@ -129,6 +129,17 @@ def execute(method: str, dataset: str, root: str, categories: list[str] | None, 
         raise
 
 
+def use_prefect_api() -> None:
+    """Pick the Prefect API (``flows.cli.prefect_server``) and print its note. A command that imports its flow
+    before calling :func:`execute` calls this first: once Prefect is imported, its settings are fixed and the
+    choice falls back to a per-process server."""
+    from flows.cli.prefect_server import choose_prefect_api
+
+    note = choose_prefect_api()
+    if note:
+        typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
+
+
 def _connect_cluster(ctx: Any, option_address: str | None) -> None:
     """Connect to the cluster (or start the local one) now, so that a wrong address is a usage error."""
     from tasks.engine.distributed import DaskSetupError
@@ -222,6 +233,7 @@ def ablate(
     """Run the paper's Table 2 variants (vanilla SAA, SAA+, and SAA+ without each prompt kind) on one cache."""
     from functools import partial
 
+    use_prefect_api()
     from flows.ablate import ablate_saa_plus_flow
     from tasks.saa_plus.ablation import VARIANTS
 
