@@ -3,7 +3,7 @@
 Prefect records a flow run's parameters through FastAPI's ``jsonable_encoder``, importing FastAPI (a whole web
 framework: about 0.25 s, 6% of a warm ``anomflow run``) only for that. ``pydantic_core.to_jsonable_python``
 gives the same JSON for what anomflow's flows take (pydantic configs, frozen dataclasses, tuples, strings;
-``tests/test_flow_parameters.py`` compares the two) and is loaded already. A value neither can serialise is
+``tests/test_startup.py`` compares the two) and is loaded already. A value neither can serialise is
 recorded as ``<TypeName>``, as Prefect does.
 """
 from __future__ import annotations

@@ -7,7 +7,6 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-
 from stores import ArtifactRef, ArtifactStore, ItemData, artifact_key
 from stores.packs import check_array
 from stores.runs import RunSession, new_run_id, session
